@@ -1,0 +1,2 @@
+"""The command-line layer: parse, validate, call one library function, display. Only this
+package imports typer and rich."""

@@ -1,0 +1,135 @@
+"""The `a2p` application: registers the commands and holds the one error boundary.
+
+Exit codes (stable; README "Exit codes"): 0 ok, 1 failed, 2 bad usage or input,
+3 environment cannot run the job, 4 model missing or corrupt, 5 not available yet, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+
+import typer
+
+from a2pcli import __version__
+from a2pcli.cli.display import make_sink
+from a2pcli.cli.options import ProgressMode
+from a2pcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, A2PError
+
+DEBUG_ENV = "A2P_DEBUG"
+
+app = typer.Typer(
+    name="a2p",
+    help="Portrait + speech -> talking-head video. Progress goes to stderr, results and --json to stdout.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_active_sink = None  # the running command's progress sink, so the error boundary can report to it
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"a2p {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Portrait + speech -> talking-head video."""
+
+
+@contextlib.contextmanager
+def session(command: str, progress: ProgressMode, quiet: bool) -> Iterator:
+    """Progress display for one command run: yields the sink to hand to the library's Reporter."""
+    global _active_sink
+    sink = make_sink(command, progress, quiet)
+    _active_sink = sink
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+def finish(sink, summary: dict, json_out: bool, human: str | None, quiet: bool) -> None:
+    """Report a successful run: `done` event, the human summary on stderr, --json on stdout."""
+    global _active_sink
+    sink.done(summary)
+    _active_sink = None
+    if human and not quiet:
+        sys.stderr.write(human.rstrip("\n") + "\n")
+    if json_out:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def _register() -> None:
+    from a2pcli.cli import cmd_doctor, cmd_extract, cmd_models, cmd_render, cmd_train
+
+    cmd_extract.register(app)
+    cmd_render.register(app)
+    cmd_train.register(app)
+    cmd_doctor.register(app)
+    cmd_models.register(app)
+
+
+_register()
+
+
+def _report_error(message: str, code: int) -> None:
+    global _active_sink
+    if _active_sink is not None:
+        with contextlib.suppress(Exception):
+            _active_sink.error(message, code)
+            _active_sink.close()
+        _active_sink = None
+    sys.stderr.write(f"error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `a2p` script and `python -m a2pcli`: maps every failure to one line."""
+    import click
+
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="a2p")
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:  # bad usage: click's own message, exit 2
+        exc.show()
+        code = EXIT_BAD_INPUT
+    except click.exceptions.Abort:
+        _report_error("interrupted", EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _report_error("interrupted; no partial output was kept", EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    except A2PError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _report_error(exc.one_line(), exc.exit_code)
+        code = exc.exit_code
+    except Exception as exc:  # a bug or an unforeseen failure: one line, traceback only when debugging
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _report_error(
+            f"unexpected {type(exc).__name__}: {exc}. Run again with {DEBUG_ENV}=1 for the traceback "
+            "and include `a2p doctor` output in a bug report",
+            EXIT_FAILED,
+        )
+        code = EXIT_FAILED
+    sys.exit(code)
