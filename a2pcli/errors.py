@@ -34,7 +34,8 @@ class A2PError(Exception):
             parts.append(f"{self.subject}: ")
         parts.append(self.message.rstrip("."))
         if self.remedy:
-            parts.append(f". {self.remedy.rstrip('.')}")
+            remedy = self.remedy.rstrip(".")
+            parts.append(f". {remedy[:1].upper()}{remedy[1:]}")
         return "".join(parts).replace("\n", " ")
 
 

@@ -25,8 +25,14 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise OutputError(
             "output directory does not exist", subject=str(parent), remedy="create it first or choose another -o"
         )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError("output directory is not writable", subject=str(parent), remedy="choose another -o")
+    probe = temp_path_for(path)
+    try:  # a real write: permission bits alone do not tell (root, read-only mounts, full disks)
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"output directory is not writable ({exc.strerror})", subject=str(parent), remedy="choose another -o"
+        ) from exc
 
 
 def temp_path_for(path: Path) -> Path:
@@ -41,7 +47,12 @@ def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
     check_output(path, overwrite)
     tmp = temp_path_for(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.filename and Path(exc.filename) == tmp:
+                raise OutputError(f"writing failed ({exc.strerror})", subject=str(path)) from exc
+            raise
         if not tmp.exists():
             raise OutputError("nothing was written", subject=str(path))
         if path.exists() and not overwrite:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import typer
 
 from a2pcli import __version__
-from a2pcli.cli.display import make_sink
+from a2pcli.cli.display import JsonSink, make_sink
 from a2pcli.cli.options import ProgressMode
 from a2pcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, A2PError
 
@@ -65,7 +65,7 @@ def finish(sink, summary: dict, json_out: bool, human: str | None, quiet: bool) 
     global _active_sink
     sink.done(summary)
     _active_sink = None
-    if human and not quiet:
+    if human and not quiet and not isinstance(sink, JsonSink):
         sys.stderr.write(human.rstrip("\n") + "\n")
     if json_out:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
@@ -82,17 +82,22 @@ def _register() -> None:
     cmd_models.register(app)
 
 
-_register()
+
+def report_failure(sink, message: str, code: int) -> None:
+    """One failed item of a batch: a JSON error event in --progress json, else an `error:` line."""
+    if isinstance(sink, JsonSink):
+        sink.error(message, code)
+    else:
+        sys.stderr.write(f"error: {message}\n")
 
 
 def _report_error(message: str, code: int) -> None:
     global _active_sink
-    if _active_sink is not None:
+    sink, _active_sink = _active_sink, None
+    if sink is not None:
         with contextlib.suppress(Exception):
-            _active_sink.error(message, code)
-            _active_sink.close()
-        _active_sink = None
-    sys.stderr.write(f"error: {message}\n")
+            sink.close()
+    report_failure(sink, message, code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,3 +138,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         code = EXIT_FAILED
     sys.exit(code)
+
+
+_register()  # last: the command modules import the helpers above

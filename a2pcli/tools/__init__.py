@@ -1,0 +1,1 @@
+"""Maintainer tools that build the small models shipped in `models/`."""
