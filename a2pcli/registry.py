@@ -73,17 +73,22 @@ def load_registry(path: Path | None = None) -> dict[str, ModelEntry]:
     if data.get("schema") != REGISTRY_SCHEMA:
         raise ModelError(f"unknown registry schema {data.get('schema')!r}", subject=str(path), remedy="reinstall a2p")
     entries = {}
-    for name, raw in data["models"].items():
-        files = tuple(ModelFile(f["path"], f["sha256"], int(f["size"])) for f in raw["files"])
-        entries[name] = ModelEntry(
-            name=name,
-            kind=raw["kind"],
-            description=raw["description"],
-            licence=raw["licence"],
-            source=raw["source"],
-            files=files,
-            card=raw.get("card"),
-        )
+    for name, raw in data.get("models", {}).items():
+        try:
+            files = tuple(ModelFile(f["path"], f["sha256"], int(f["size"])) for f in raw["files"])
+            entries[name] = ModelEntry(
+                name=name,
+                kind=raw["kind"],
+                description=raw["description"],
+                licence=raw["licence"],
+                source=raw["source"],
+                files=files,
+                card=raw.get("card"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"registry entry {name!r} is malformed (missing or bad {exc})", subject=str(path), remedy="reinstall a2p"
+            ) from exc
     return entries
 
 
@@ -91,7 +96,8 @@ def get(name: str) -> ModelEntry:
     entries = load_registry()
     if name not in entries:
         known = ", ".join(sorted(entries))
-        raise ModelError("unknown model name", subject=name, remedy=f"use one of: {known}, or a local path")
+        remedy = f"use one of: {known}, or a local path" if known else "give a local path (the registry lists no models)"
+        raise ModelError("unknown model name", subject=name, remedy=remedy)
     return entries[name]
 
 

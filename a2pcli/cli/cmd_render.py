@@ -1,2 +1,345 @@
-def register(app):
-    pass
+"""`a2p audio2video`, `a2p vid2vid`, `a2p pose2vid`: the render commands.
+
+Their options and help are final. Rendering itself arrives in a later version: each command checks
+its inputs now (missing file -> exit 2, naming it) and then says that it is not available yet (exit 5).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from a2pcli import __version__
+from a2pcli.cli.options import Device, JsonOut, Model, OutputPath, Overwrite, Progress, ProgressMode, Quiet, Seed
+from a2pcli.errors import InputError, ModelError, NotAvailableError
+
+VIDEO_SUFFIX = ".mp4"
+POSE_SUFFIXES = (".pose", ".npy")  # a2p's .pose (from extract-pose) or an AniPortrait head-pose template
+WORKING_COMMANDS = "extract-pose, doctor, models"
+DEFAULT_FPS = 25.0  # frame rate of generated motion
+DEFAULT_BLINKS_PER_MIN = 17.0  # typical adult spontaneous blink rate in conversation
+DEFAULT_MAX_SIZE = 1024  # px, longest side of an uncropped output
+DEFAULT_CROP_SIZE = 512  # px, AniPortrait's render resolution
+DEFAULT_CRF = 18  # x264: visually lossless
+DEFAULT_STEPS = 25
+DEFAULT_CFG = 3.5
+MAX_CRF = 51  # x264's worst quality
+
+
+def not_available(command: str, work: str) -> NotAvailableError:
+    """The error of a command whose work arrives in a later version (exit 5)."""
+    return NotAvailableError(
+        f"{work} is not available yet in a2p {__version__}",
+        subject=f"a2p {command}",
+        remedy=f"see `a2p --help` for what works now: {WORKING_COMMANDS}",
+    )
+
+
+class TemplateRegion(str, Enum):
+    pose = "pose"
+    pose_eyes = "pose+eyes"
+    pose_eyes_brows = "pose+eyes+brows"
+
+
+class Renderer(str, Enum):
+    embedded = "embedded"
+    aniportrait = "aniportrait"
+
+
+class MotionModel(str, Enum):
+    a2p = "a2p"
+    aniportrait = "aniportrait"
+
+
+class Region(str, Enum):
+    all = "all"
+    pose = "pose"
+    expression = "expression"
+    lips = "lips"
+    eyes = "eyes"
+
+
+# Options shared by the render commands (the ones shared by every command are in options.py).
+PoseScale = Annotated[
+    float, typer.Option("--pose-scale", min=0.0, help="Scale of head motion: 0 keeps the head still, 1 as driven.")
+]
+ExpressionScale = Annotated[
+    float, typer.Option("--expression-scale", min=0.0, help="Scale of expression and lip motion; 1 as driven.")
+]
+Crop = Annotated[
+    bool, typer.Option("--crop", help="Render a square crop around the face instead of the whole portrait.")
+]
+Size = Annotated[Optional[int], typer.Option("--size", min=64, help="Side of the square output with --crop, px.")]
+MaxSize = Annotated[
+    int, typer.Option("--max-size", min=64, help="Without --crop: longest side of the output; larger portraits shrink.")
+]
+Fps = Annotated[float, typer.Option("--fps", min=1.0, help="Frame rate of the output video.")]
+Crf = Annotated[
+    int, typer.Option("--crf", min=0, max=MAX_CRF, help="x264 quality: 0 lossless .. 51 worst; 18 looks lossless.")
+]
+FramesDir = Annotated[
+    Optional[Path], typer.Option("--frames-dir", help="Also write every frame as a PNG into this folder.")
+]
+Meta = Annotated[
+    bool,
+    typer.Option("--meta", help="Write <output>.json beside the video: every option, the seed, model hashes, timings."),
+]
+RendererOpt = Annotated[
+    Renderer,
+    typer.Option(
+        "--renderer",
+        help="embedded: the built-in renderer (CPU or GPU); aniportrait: AniPortrait's diffusion renderer "
+        "(its weights via `a2p models`, a GPU recommended).",
+    ),
+]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps of the aniportrait renderer.")]
+Cfg = Annotated[
+    float, typer.Option("--cfg", min=0.0, help="Classifier-free guidance scale of the aniportrait renderer.")
+]
+BatchSize = Annotated[
+    str, typer.Option("--batch-size", help="Frames rendered at once: a number, or auto (as many as fit in memory).")
+]
+FaceIndex = Annotated[
+    Optional[int],
+    typer.Option("--face-index", min=0, help="Which face to animate when the portrait shows several, largest first "
+                 "(default: the largest, with a warning)."),
+]
+RegionOpt = Annotated[
+    Region,
+    typer.Option("--region", help="What the driving motion controls: all, pose (head only), expression, lips, eyes."),
+]
+RefFrame = Annotated[
+    int,
+    typer.Option("--ref-frame", min=0, help="Driving frame that matches the portrait; motion is taken relative to it."),
+]
+Portrait = Annotated[Path, typer.Argument(help="Portrait image (one face, roughly frontal).", show_default=False)]
+
+
+def check_file(path: Path, what: str, suffixes: tuple[str, ...] = ()) -> None:
+    """An input file must exist (and have one of `suffixes`, when given)."""
+    if not path.exists():
+        raise InputError(f"{what} not found", subject=str(path), remedy="check the path")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file", subject=str(path))
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise InputError(f"{what} must be a {' or '.join(suffixes)} file", subject=str(path))
+
+
+def check_batch_size(value: str) -> None:
+    if value != "auto" and not (value.isdigit() and int(value) > 0):
+        raise InputError("must be a positive number or auto", subject=f"--batch-size {value}")
+
+
+def check_model(name_or_path: str | None) -> None:
+    """A --model value must be a registry name or an existing path (no hashing here: that is the run's job)."""
+    if name_or_path is None:
+        return
+    from a2pcli.registry import load_registry
+
+    if name_or_path not in load_registry() and not Path(name_or_path).expanduser().exists():
+        raise ModelError("neither a known model name nor an existing path", subject=name_or_path,
+                         remedy="see `a2p models list`")
+
+
+def plan_outputs(portraits: list[Path], driver: Path, output: Path | None, overwrite: bool) -> list[Path]:
+    """One video per portrait: `<portrait>_<driver>.mp4` beside the portrait, in an -o directory, or -o itself."""
+    from a2pcli.outputs import check_output
+
+    names = [f"{p.stem}_{driver.stem}{VIDEO_SUFFIX}" for p in portraits]
+    if output is None:
+        outs = [p.with_name(n) for p, n in zip(portraits, names)]
+    elif output.is_dir():
+        outs = [output / n for n in names]
+    elif len(portraits) > 1:
+        raise InputError("with several portraits, -o must be an existing directory", subject=str(output))
+    else:
+        outs = [output]
+    for out in outs:
+        check_output(out, overwrite)
+    return outs
+
+
+def check_driven(portrait: Path, driver: Path, driver_what: str, driver_suffixes: tuple[str, ...],
+                 output: Path | None, overwrite: bool, batch_size: str, audio: Path | None = None) -> None:
+    """Checks shared by vid2vid and pose2vid; they differ only in the driving signal."""
+    check_file(portrait, "portrait")
+    check_file(driver, driver_what, driver_suffixes)
+    if audio is not None:
+        check_file(audio, "audio")
+    check_batch_size(batch_size)
+    plan_outputs([portrait], driver, output, overwrite)
+
+
+def audio2video(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="One or more portrait images, then one speech audio file (wav, mp3, flac, m4a...).",
+                       show_default=False, metavar="PORTRAITS... AUDIO"),
+    ],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Output video, or an existing directory for several portraits "
+                     "(default: <portrait>_<audio>.mp4 beside the portrait)."),
+    ] = None,
+    pose: Annotated[
+        Optional[Path],
+        typer.Option("--pose", help="Take head motion from a .pose file (`a2p extract-pose`) or an AniPortrait .npy "
+                     "head-pose template instead of generating it; looped or cut to the audio's length."),
+    ] = None,
+    template_region: Annotated[
+        TemplateRegion, typer.Option("--template-region", help="What --pose drives: pose, pose+eyes, pose+eyes+brows.")
+    ] = TemplateRegion.pose,
+    still: Annotated[
+        bool, typer.Option("--still", help="No head motion: only lips, blinks and expression move.")
+    ] = False,
+    pose_scale: PoseScale = 1.0,
+    expression_scale: ExpressionScale = 1.0,
+    blink_rate: Annotated[
+        float, typer.Option("--blink-rate", min=0.0, help="Blinks per minute.")
+    ] = DEFAULT_BLINKS_PER_MIN,
+    seed: Seed = 0,
+    model: Model = None,
+    renderer: RendererOpt = Renderer.embedded,
+    motion: Annotated[
+        MotionModel,
+        typer.Option("--motion", help="Speech-to-motion: a2p (the shipped audio2motion model, see --model) or "
+                     "aniportrait (AniPortrait's audio2mesh and audio2pose)."),
+    ] = MotionModel.a2p,
+    steps: Steps = DEFAULT_STEPS,
+    cfg: Cfg = DEFAULT_CFG,
+    size: Size = None,
+    max_size: MaxSize = DEFAULT_MAX_SIZE,
+    crop: Crop = False,
+    fps: Fps = DEFAULT_FPS,
+    crf: Crf = DEFAULT_CRF,
+    frames_dir: FramesDir = None,
+    meta: Meta = False,
+    batch_size: BatchSize = "auto",
+    device: Device = "auto",
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Portrait(s) + speech -> talking-head video.
+
+    Lip sync, blinks, expression and head motion, all generated from the speech (or head motion from --pose).
+
+    PORTRAITS: one or more images (one face each); AUDIO: speech (wav, mp3, flac, m4a...). Several portraits
+    share one audio and write one video each. The --model default is the shipped audio2motion model.
+
+    Example: a2p audio2video face.jpg speech.wav -o talk.mp4
+    """
+    if len(inputs) < 2:
+        raise InputError("expected one or more portraits, then one audio file", subject="a2p audio2video",
+                         remedy="e.g. a2p audio2video face.jpg speech.wav")
+    *portraits, audio = inputs
+    for portrait in portraits:
+        check_file(portrait, "portrait")
+    check_file(audio, "audio")
+    if pose is not None:
+        check_file(pose, "head-pose file", POSE_SUFFIXES)
+        if still:
+            raise InputError("--still and --pose contradict each other", subject=f"--pose {pose}",
+                             remedy="pass one of them")
+    check_batch_size(batch_size)
+    check_model(model)
+    plan_outputs(portraits, audio, output, overwrite)
+    raise not_available("audio2video", "rendering")
+
+
+def vid2vid(
+    portrait: Portrait,
+    driving: Annotated[
+        Path, typer.Argument(help="Driving video, or its .pose from `a2p extract-pose`.", show_default=False)
+    ],
+    output: OutputPath = None,
+    region: RegionOpt = Region.all,
+    ref_frame: RefFrame = 0,
+    pose_scale: PoseScale = 1.0,
+    expression_scale: ExpressionScale = 1.0,
+    face_index: FaceIndex = None,
+    crop: Crop = False,
+    size: Size = DEFAULT_CROP_SIZE,
+    max_size: MaxSize = DEFAULT_MAX_SIZE,
+    crf: Crf = DEFAULT_CRF,
+    frames_dir: FramesDir = None,
+    meta: Meta = False,
+    renderer: RendererOpt = Renderer.embedded,
+    steps: Steps = DEFAULT_STEPS,
+    cfg: Cfg = DEFAULT_CFG,
+    batch_size: BatchSize = "auto",
+    device: Device = "auto",
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Portrait + driving video -> the portrait moving like it.
+
+    Head, expression, lips and eyes follow the driving video (choose which with --region).
+
+    PORTRAIT: an image; DRIVING: a video, or its .pose from `a2p extract-pose` (extract once, reuse it).
+    Writes <portrait>_<driving>.mp4 beside the portrait unless -o says otherwise.
+
+    Example: a2p vid2vid face.jpg actor.mp4 -o out.mp4
+    """
+    check_driven(portrait, driving, "driving video", (), output, overwrite, batch_size)
+    raise not_available("vid2vid", "rendering")
+
+
+def pose2vid(
+    portrait: Portrait,
+    motion: Annotated[
+        Path,
+        typer.Argument(help="Motion: a .pose file (`a2p extract-pose`) or an AniPortrait .npy head-pose template.",
+                       show_default=False),
+    ],
+    output: OutputPath = None,
+    audio: Annotated[
+        Optional[Path], typer.Option("--audio", help="Speech to put in the video (it does not drive the motion).")
+    ] = None,
+    fps: Annotated[
+        Optional[float], typer.Option("--fps", min=1.0, help="Output frame rate (default: the motion file's).")
+    ] = None,
+    region: RegionOpt = Region.all,
+    ref_frame: RefFrame = 0,
+    pose_scale: PoseScale = 1.0,
+    expression_scale: ExpressionScale = 1.0,
+    face_index: FaceIndex = None,
+    crop: Crop = False,
+    size: Size = DEFAULT_CROP_SIZE,
+    max_size: MaxSize = DEFAULT_MAX_SIZE,
+    crf: Crf = DEFAULT_CRF,
+    frames_dir: FramesDir = None,
+    meta: Meta = False,
+    renderer: RendererOpt = Renderer.embedded,
+    steps: Steps = DEFAULT_STEPS,
+    cfg: Cfg = DEFAULT_CFG,
+    batch_size: BatchSize = "auto",
+    device: Device = "auto",
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Portrait + saved motion (.pose or .npy) -> video.
+
+    Replays a .pose file or an AniPortrait head-pose template on the portrait.
+
+    PORTRAIT: an image; MOTION: a .pose file (`a2p extract-pose`) or an AniPortrait .npy head-pose template.
+    Writes <portrait>_<motion>.mp4 beside the portrait unless -o says otherwise.
+
+    Example: a2p pose2vid face.jpg actor.pose --audio speech.wav -o out.mp4
+    """
+    check_driven(portrait, motion, "motion file", POSE_SUFFIXES, output, overwrite, batch_size, audio)
+    raise not_available("pose2vid", "rendering")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("audio2video")(audio2video)
+    app.command("vid2vid")(vid2vid)
+    app.command("pose2vid")(pose2vid)

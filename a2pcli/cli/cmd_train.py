@@ -1,2 +1,106 @@
-def register(app):
-    pass
+"""`a2p train audio2motion`: train the speech -> motion model on talking videos.
+
+Its options and help are final. Training itself arrives in a later version: the command checks its
+inputs now (missing folder -> exit 2, naming it) and then says that it is not available yet (exit 5).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from a2pcli.cli.cmd_render import not_available
+from a2pcli.cli.options import Device, JsonOut, Progress, ProgressMode, Quiet, Seed
+from a2pcli.errors import InputError, OutputError
+
+TRAIN_HELP = "Train a2p's models on your own data. Multi-GPU runs go through torchrun."
+
+
+class Preset(str, Enum):
+    tiny = "tiny"  # a few minutes on a CPU: checks the whole loop (CI, smoke tests)
+    default = "default"
+
+
+DataDirs = Annotated[
+    list[Path],
+    typer.Option("--data", help="Folder of talking videos with speech (searched recursively). Repeat for several.",
+                 show_default=False),
+]
+ModelDir = Annotated[
+    Path,
+    typer.Option("--output", "-o", help="Model folder to write: config, safetensors weights, checkpoints, logs.",
+                 show_default=False),
+]
+PresetOpt = Annotated[
+    Preset, typer.Option("--preset", help="tiny: minutes on a CPU, to check the set-up; default: the real model.")
+]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Passes over the data (default: the preset's).")]
+TrainBatch = Annotated[
+    Optional[int], typer.Option("--batch-size", min=1, help="Clips per step on each GPU (default: the preset's).")
+]
+LearningRate = Annotated[
+    Optional[float], typer.Option("--lr", min=0.0, help="Peak learning rate (default: the preset's).")
+]
+ValSpeakers = Annotated[
+    Optional[str],
+    typer.Option("--val-speakers", help="Comma-separated speakers (folder names) held out for validation "
+                 "(default: a fixed share of speakers picked by --seed)."),
+]
+Resume = Annotated[
+    Optional[Path],
+    typer.Option("--resume", help="Continue from this checkpoint (model, optimizer, step and config), "
+                 "or from the last one in this model folder."),
+]
+
+
+def check_training_inputs(data: list[Path], output: Path, resume: Path | None, val_speakers: str | None) -> None:
+    for folder in data:
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "not found"
+            raise InputError(f"data folder {what}", subject=str(folder), remedy="--data takes a folder of videos")
+    if resume is not None and not resume.exists():
+        raise InputError("checkpoint not found", subject=str(resume), remedy="check the --resume path")
+    if output.exists() and not output.is_dir():
+        raise OutputError("is a file; the model output is a folder", subject=str(output), remedy="choose another -o")
+    if val_speakers is not None and not any(s.strip() for s in val_speakers.split(",")):
+        raise InputError("names no speaker", subject="--val-speakers", remedy="e.g. --val-speakers spk01,spk07")
+
+
+def audio2motion(
+    data: DataDirs,
+    output: ModelDir,
+    preset: PresetOpt = Preset.default,
+    epochs: Epochs = None,
+    batch_size: TrainBatch = None,
+    lr: LearningRate = None,
+    val_speakers: ValSpeakers = None,
+    resume: Resume = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Train the speech -> motion model on talking videos.
+
+    The model drives lips, expression, blinks and head pose from speech.
+
+    \b
+    One GPU, or the CPU with --preset tiny:
+      a2p train audio2motion --data clips/ -o my-model
+    Several GPUs: the same command through torchrun (rank 0 logs and saves):
+      torchrun --nproc-per-node 4 -m a2pcli train audio2motion --data clips/ -o my-model
+
+    Use the result with `a2p audio2video --model my-model`.
+    """
+    check_training_inputs(data, output, resume, val_speakers)
+    raise not_available("train audio2motion", "training")
+
+
+def register(app: typer.Typer) -> None:
+    train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
+    train_app.command("audio2motion")(audio2motion)
+    app.add_typer(train_app, name="train", help=TRAIN_HELP)
