@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,3 +253,18 @@ def test_models_pull_and_import_not_available(capsys, reg, tmp_path):
     assert code == EXIT_NOT_AVAILABLE and "not available yet" in err
     code, _, err = a2p(capsys, "models", "import", "big-fetched", tmp_path / "nope")
     assert code == EXIT_BAD_INPUT and "nope" in err
+
+
+def test_installed_package_finds_its_models_from_any_directory(tmp_path):
+    """The console script, run from an unrelated directory, finds the embedded models it ships."""
+    import shutil
+
+    exe = shutil.which("a2p", path=str(Path(sys.executable).parent)) or shutil.which("a2p")
+    assert exe, "the a2p console script is not installed next to this interpreter"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "A2P_DEBUG")}
+    proc = subprocess.run([exe, "models", "verify", "--json"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    embedded = [m for m in report["models"] if m["kind"] == "embedded"]
+    assert embedded and all(m["status"] == "present" for m in embedded), report
