@@ -86,10 +86,8 @@ def inputs(tmp_path) -> Path:
 NOT_AVAILABLE_RUNS = [
     ["audio2video", "face.png", "speech.wav"],
     ["audio2video", "face.png", "other.png", "speech.wav", "--pose", "template.npy", "--template-region", "pose+eyes"],
-    ["vid2vid", "face.png", "drive.mp4", "--region", "lips", "--batch-size", "8"],
-    ["vid2vid", "face.png", "motion.pose", "-o", "out.mp4"],
-    ["pose2vid", "face.png", "motion.pose", "--audio", "speech.wav", "--fps", "30"],
-    ["pose2vid", "face.png", "template.npy"],
+    ["vid2vid", "face.png", "drive.mp4", "--region", "lips", "--batch-size", "8", "--renderer", "aniportrait"],
+    ["pose2vid", "face.png", "motion.pose", "--audio", "speech.wav", "--fps", "30", "--renderer", "aniportrait"],
     ["train", "audio2motion", "--data", "clips", "--data", "clips", "-o", "model", "--preset", "tiny"],
 ]
 
@@ -121,6 +119,11 @@ BAD_INPUT_RUNS = [  # (argv, text the error must contain)
     (["pose2vid", "face.png", "missing.pose"], "missing.pose"),
     (["pose2vid", "face.png", "drive.mp4"], "drive.mp4"),
     (["pose2vid", "face.png", "motion.pose", "--audio", "missing.wav"], "missing.wav"),
+    # the embedded renderer reads the files: these hold one byte each
+    (["vid2vid", "face.png", "drive.mp4"], "drive.mp4"),
+    (["pose2vid", "face.png", "motion.pose"], "motion.pose"),
+    (["pose2vid", "face.png", "template.npy"], "template.npy"),
+    (["pose2vid", "face.png", "motion.pose", "--audio", "speech.wav"], "speech.wav"),
     (["train", "audio2motion", "--data", "missing-clips", "-o", "model"], "missing-clips"),
     (["train", "audio2motion", "--data", "clips", "-o", "model", "--resume", "missing.pt"], "missing.pt"),
     (["train", "audio2motion", "-o", "model"], "--data"),

@@ -1,7 +1,7 @@
 """`a2p audio2video`, `a2p vid2vid`, `a2p pose2vid`: the render commands.
 
-Their options and help are final. Rendering itself arrives in a later version: each command checks
-its inputs now (missing file -> exit 2, naming it) and then says that it is not available yet (exit 5).
+pose2vid and vid2vid render with the embedded renderer. audio2video and the aniportrait renderer check
+their inputs (missing file -> exit 2, naming it) and then say that they are not available yet (exit 5).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from a2pcli.errors import InputError, ModelError, NotAvailableError
 
 VIDEO_SUFFIX = ".mp4"
 POSE_SUFFIXES = (".pose", ".npy")  # a2p's .pose (from extract-pose) or an AniPortrait head-pose template
-WORKING_COMMANDS = "extract-pose, doctor, models"
+WORKING_COMMANDS = "extract-pose, vid2vid, pose2vid (embedded renderer), doctor, models"
 DEFAULT_FPS = 25.0  # frame rate of generated motion
 DEFAULT_BLINKS_PER_MIN = 17.0  # typical adult spontaneous blink rate in conversation
 DEFAULT_MAX_SIZE = 1024  # px, longest side of an uncropped output
@@ -288,7 +288,9 @@ def vid2vid(
     Example: a2p vid2vid face.jpg actor.mp4 -o out.mp4
     """
     check_driven(portrait, driving, "driving video", (), output, overwrite, batch_size)
-    raise not_available("vid2vid", "rendering")
+    if renderer is not Renderer.embedded:
+        raise not_available("vid2vid", "the aniportrait renderer")
+    run_driven("vid2vid", locals(), audio=None)
 
 
 def pose2vid(
@@ -336,7 +338,85 @@ def pose2vid(
     Example: a2p pose2vid face.jpg actor.pose --audio speech.wav -o out.mp4
     """
     check_driven(portrait, motion, "motion file", POSE_SUFFIXES, output, overwrite, batch_size, audio)
-    raise not_available("pose2vid", "rendering")
+    if renderer is not Renderer.embedded:
+        raise not_available("pose2vid", "the aniportrait renderer")
+    run_driven("pose2vid", {**locals(), "driving": motion}, audio=audio)
+
+
+def _human(s: dict) -> str:
+    notes = "".join(f"\n  note: {n}" for n in s["notes"])
+    return (f"{s['output']}: {s['frames']} frames at {s['fps']:g} fps ({s['duration_s']:g} s), "
+            f"{s['size'][0]}x{s['size'][1]}, {s['device']}; {s['elapsed_s']:.1f} s "
+            f"({s['frames_per_s']:g} frames/s){notes}")
+
+
+def run_driven(command: str, args: dict, audio: Path | None) -> None:
+    """pose2vid / vid2vid: portrait + driving motion (+ audio) -> video, atomically, with a summary."""
+    import json as _json
+
+    from a2pcli.animate import AnimateOptions, PortraitOptions, animate, driving_motion, load_portrait
+    from a2pcli.cli.app import finish, session
+    from a2pcli.encode import probe_audio
+    from a2pcli.outputs import atomic_path
+    from a2pcli.progress import Reporter
+
+    portrait_path, driving = args["portrait"], args["driving"]
+    out = plan_outputs([portrait_path], driving, args["output"], args["overwrite"])[0]
+    popts = PortraitOptions(crop=args["crop"], size=args["size"] or DEFAULT_CROP_SIZE, max_size=args["max_size"],
+                            face_index=args["face_index"])
+    aopts = AnimateOptions(region=args["region"].value, pose_scale=args["pose_scale"],
+                           expression_scale=args["expression_scale"], ref_frame=args["ref_frame"],
+                           fps=args.get("fps"), crf=args["crf"], device=args["device"],
+                           batch_size=args["batch_size"], frames_dir=args["frames_dir"])
+    with session(command, args["progress"], args["quiet"]) as sink:
+        reporter = Reporter(sink)
+        notes = []
+        track = None
+        if audio is not None:
+            track = probe_audio(audio)
+            if track is None:
+                raise InputError("has no audio stream", subject=str(audio), remedy="pass a file with sound")
+        motion, motion_notes = driving_motion(driving, reporter)
+        notes += motion_notes
+        if command == "vid2vid" and motion.frame_size != (0, 0) and track is None:
+            from a2pcli.media import is_image
+
+            if not is_image(driving) and not str(driving).lower().endswith((".pose", ".npy")):
+                track = probe_audio(driving)
+                if track is not None and not track.has_sound:
+                    notes.append("the driving video's audio is silent: the output has no audio")
+                    track = None
+        portrait = load_portrait(portrait_path, popts, reporter)
+        with atomic_path(out, args["overwrite"]) as tmp:
+            summary = animate(portrait, motion, tmp, aopts, audio=track, reporter=reporter)
+            if args["meta"]:
+                meta = _meta(command, args, summary, [portrait_path, driving] + ([audio] if audio else []))
+                with atomic_path(out.with_suffix(out.suffix + ".json"), True) as mtmp:
+                    mtmp.write_text(_json.dumps(meta, indent=2, default=str) + "\n")
+        summary = {"output": str(out), "portrait": str(portrait_path), "driving": str(driving), **summary,
+                   "notes": notes + summary["notes"]}
+        finish(sink, summary, args["json_out"], _human(summary), args["quiet"])
+
+
+def _meta(command: str, args: dict, summary: dict, inputs: list[Path]) -> dict:
+    import platform
+
+    import numpy
+    import torch
+
+    from a2pcli.cache import sha256_file
+
+    skip = {"progress", "quiet", "json_out"}
+    options = {k: (v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v)
+               for k, v in args.items() if k not in skip}
+    return {
+        "command": command,
+        "inputs": [{"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)} for p in inputs],
+        "options": options,
+        "versions": {"a2p": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+                     "python": platform.python_version()},
+        "summary": summary,
+    }
 
 
 def register(app: typer.Typer) -> None:
