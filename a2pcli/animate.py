@@ -246,6 +246,21 @@ def animate(portrait: Portrait, motion: Motion, output: Path, opts: AnimateOptio
     }
 
 
+def render_frames(portrait: Portrait, motion: Motion, opts: AnimateOptions = AnimateOptions(),
+                  n: int | None = None, device: str = "cpu", batch: int = CPU_BATCH):
+    """In-memory rendering (evaluation, tests): yields (B, H, W, 3) uint8 batches of `motion` on `portrait`."""
+    from a2pcli.headpose import load_reference
+    from a2pcli.render import WarpRenderer
+    from a2pcli.retarget import retarget
+
+    ropts = RetargetOptions(opts.region, opts.pose_scale, opts.expression_scale, opts.ref_frame)
+    tgt = retarget(portrait.face, motion, ropts, load_reference().mean)
+    n = len(tgt) if n is None else min(n, len(tgt))
+    renderer = WarpRenderer(portrait.image, portrait.face, _cut(tgt, n), device=device)
+    for start in range(0, n, batch):
+        yield renderer.render(_cut(tgt, min(n, start + batch), start))
+
+
 def _cut(tgt: Targets, stop: int, start: int = 0) -> Targets:
     return Targets(tgt.landmarks[start:stop], tgt.rotation[start:stop], tgt.translation[start:stop],
                    tgt.scale[start:stop])
