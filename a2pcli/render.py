@@ -167,6 +167,10 @@ class WarpRenderer:
         self.torch = torch
         self.device = torch.device(device)
         self.gpu = self.device.type != "cpu"
+        if not self.gpu:
+            # The tensors here are small: one intra-op thread is several times faster than a pool that waits
+            # on a busy core, and it leaves the other core to the video encoder.
+            torch.set_num_threads(1)
         self.image = np.ascontiguousarray(image)
         self.face = face
         h, w = image.shape[:2]
