@@ -92,9 +92,11 @@ def load_portrait(path: Path, opts: PortraitOptions = PortraitOptions(), reporte
     h, w = image.shape[:2]
     if opts.crop:
         r, t, s = fit_pose(lm[None], ref)
-        side = CROP_SIDE * float(s[0])
+        # the face-centred square, moved (and if need be shrunk) to stay inside the picture
+        side = min(CROP_SIDE * float(s[0]), float(w), float(h))
         cx, cy = float(t[0, 0]), float(t[0, 1]) - CROP_RAISE * float(s[0])
-        x0, y0 = cx - side / 2, cy - side / 2
+        x0 = float(np.clip(cx - side / 2, 0, w - side))
+        y0 = float(np.clip(cy - side / 2, 0, h - side))
         k = opts.size / side
         out = _even(opts.size)
         m = np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], np.float32)
