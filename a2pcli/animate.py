@@ -216,10 +216,14 @@ def animate(portrait: Portrait, motion: Motion, output: Path, opts: AnimateOptio
 
     h, w = portrait.image.shape[:2]
     per_frame = bytes_per_frame((h, w), portrait.face.scale)
-    batch_guess = int(opts.batch_size) if opts.batch_size != "auto" else 8
-    choice = preflight(opts.device, JobEstimate("render", vram_bytes=per_frame * batch_guess + h * w * 16))
+    fixed = h * w * 16  # the portrait and the frames' staging on the device
+    # an explicit --batch-size must fit; with auto, one frame must, and the batch grows into free memory
+    need = per_frame * (int(opts.batch_size) if opts.batch_size != "auto" else 1) + fixed
+    choice = preflight(opts.device, JobEstimate("render", vram_bytes=need))
     batch = plan_batch(opts.batch_size, choice.device, per_frame)
-    reporter.info(f"device: {choice.device} ({choice.name}); {choice.reason}; batches of {batch} frames")
+    vram = per_frame * batch + fixed if choice.device.startswith("cuda") else 0
+    reporter.info(f"device: {choice.device} ({choice.name}); {choice.reason}; batches of {batch} frames"
+                  + (f", about {vram / 1e9:.1f} GB of GPU memory" if vram else ""))
 
     renderer = WarpRenderer(portrait.image, portrait.face, tgt, device=choice.device)
     t_setup = time.perf_counter() - t0
@@ -240,6 +244,7 @@ def animate(portrait: Portrait, motion: Motion, output: Path, opts: AnimateOptio
         "size": [w, h],
         "device": choice.device,
         "batch_size": batch,
+        "vram_estimate_gb": round(vram / 1e9, 2),
         "audio": None if audio is None else str(audio.path),
         "notes": notes,
         "timings_s": {"setup": round(t_setup, 3), "render_and_encode": round(time.perf_counter() - t1, 3)},

@@ -33,9 +33,12 @@ ROI_HALF = 3.6  # face units: half side of the working region around the face ce
 BORDER_POINTS = 5  # static anchors per side of the working region
 WINDOW = 0.12  # fraction of the working region over which the warp fades out at its border
 TPS_REG_SURFACE = 3e-2  # thin-plate smoothing at face-surface and shell points: keeps head turns fold-free
-TPS_REG_FEATURE = 2e-3  # at lip and lid points: close to exact, so the mouth and eyes follow the motion
+TPS_REG_FEATURE = 2e-3  # at lid points and anchors: close to exact, so the eyes follow the motion
+TPS_REG_LIPS = 2e-4  # at lip points: nearly exact, so lips meet when they close
 MOUTH_FEATHER = 0.7  # px: softness of the inner lip line
 OPEN_FULL = 0.035  # face units of extra lip gap at which the synthesised interior is fully shown
+OPEN_PORTRAIT = 0.03  # face units: a portrait whose lips part more than this has a mouth interior to hide
+SEAL_DARK = 0.55  # the line where closing lips meet, relative to the lip colour
 # Spacing of the warp field's nodes, face units: fine across the face and finest over the lids and lips,
 # whose points move in opposite directions a few pixels apart; coarse over hair and background.
 # The warp field is evaluated on a coarse grid over the working region and on fine patches over the mouth
@@ -196,6 +199,7 @@ class WarpRenderer:
         features = np.isin(fm.WARP_POINTS, np.concatenate([fm.LIPS, fm.EYELIDS, fm.EYE_RINGS]))
         reg = np.full(len(src_pts), TPS_REG_SURFACE, np.float32)
         reg[: len(features)][features] = TPS_REG_FEATURE
+        reg[: len(features)][np.isin(fm.WARP_POINTS, fm.LIPS)] = TPS_REG_LIPS
         reg[self.n_moving :] = TPS_REG_FEATURE
         self.reg = torch.diag(torch.from_numpy(reg)).to(dev)
 
@@ -234,6 +238,18 @@ class WarpRenderer:
         self.lip_rgb = torch.tensor(lip, device=dev, dtype=f32)
         self.teeth_rgb = torch.tensor([0.92, 0.90, 0.84], device=dev, dtype=f32) * float(np.clip(lum / 0.55, 0.45, 1.05))
         self.portrait_gap = float(_lip_gap(face.canon[None])[0])
+        # an open-mouthed portrait: where the closing lips would squeeze its interior into a thin band,
+        # the band is painted over with lip colour (a warped mask of the interior tells where it lands)
+        self.interior = None
+        if self.portrait_gap > OPEN_PORTRAIT:
+            import cv2
+
+            poly = np.concatenate([face.landmarks[fm.LIPS_INNER_UPPER, :2], face.landmarks[fm.LIPS_INNER_LOWER[::-1], :2]])
+            mask = np.zeros((roi.h, roi.w), np.float32)
+            cv2.fillPoly(mask, [np.round((poly - self.origin) * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
+            self.interior = cv2.GaussianBlur(mask, (0, 0), 1.0)
+            if self.gpu:
+                self.src_t = torch.cat([self.src_t, torch.from_numpy(self.interior).to(dev)[None, None]], 1)
         self.mouth_side = min(int(np.ceil(1.0 * unit)) | 1, roi.w, roi.h)
 
     def _plan_patches(self, plan: Targets) -> list[Patch]:
@@ -291,12 +307,21 @@ class WarpRenderer:
 
     def render(self, tgt: Targets) -> np.ndarray:
         """(B, H, W, 3) uint8 whole frames."""
+        from a2pcli.headpose import canonical
+
+        gap = _lip_gap(canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale))
+        closing = None
+        if self.interior is not None:
+            closing = np.clip(1.0 - gap / self.portrait_gap, 0.0, 1.0).astype(np.float32)
         with self.torch.inference_mode():
             field = self.coarse_field(tgt)
-            mouth = self._mouth_layer(tgt)
+            mouth = self._mouth_layer(tgt, gap)
             if self.gpu:
-                return self._render_gpu(field, mouth)
-            return self._render_cpu(field.numpy(), mouth)
+                return self._render_gpu(field, mouth, closing)
+            return self._render_cpu(field.numpy(), mouth, closing)
+
+    def _seal_colour(self) -> np.ndarray:
+        return self.lip_rgb.cpu().numpy() * 255.0
 
     def _patch_fields(self, field):
         """Split (B, G, 2) node values into one (B, ny, nx, 2) grid per patch."""
@@ -305,7 +330,7 @@ class WarpRenderer:
             out.append(field[:, a:b].reshape(len(field), p.ny, p.nx, 2))
         return out
 
-    def _render_cpu(self, field: np.ndarray, mouth) -> np.ndarray:
+    def _render_cpu(self, field: np.ndarray, mouth, closing) -> np.ndarray:
         import cv2
 
         roi = self.roi
@@ -321,6 +346,10 @@ class WarpRenderer:
             dense += self.ident
             region = frames[i, roi.y0 : roi.y1, roi.x0 : roi.x1]
             cv2.remap(self.crop, dense, None, cv2.INTER_LINEAR, dst=region, borderMode=cv2.BORDER_REPLICATE)
+            if closing is not None and closing[i] > 0.01:
+                m = cv2.remap(self.interior, dense, None, cv2.INTER_LINEAR)[..., None] * closing[i]
+                seal = self._seal_colour() * (1 - (1 - SEAL_DARK) * m**4)
+                region[:] = np.clip(region * (1 - m) + seal * m + 0.5, 0, 255).astype(np.uint8)
         if mouth is not None:
             side = self.mouth_side
             for j, (i, x0, y0) in enumerate(zip(*mouth.where)):
@@ -330,7 +359,7 @@ class WarpRenderer:
                 cut[:] = np.clip(cut * (1 - a) + c * a + 0.5, 0, 255).astype(np.uint8)
         return frames
 
-    def _render_gpu(self, field, mouth) -> np.ndarray:
+    def _render_gpu(self, field, mouth, closing) -> np.ndarray:
         torch = self.torch
         fnn = torch.nn.functional
         roi = self.roi
@@ -347,6 +376,10 @@ class WarpRenderer:
         grid = pos.permute(0, 2, 3, 1) * scale - 1.0
         out = fnn.grid_sample(self.src_t.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                               align_corners=True)
+        if closing is not None:
+            m = out[:, 3:] * torch.from_numpy(closing).to(self.device).view(-1, 1, 1, 1)
+            seal = self.lip_rgb.view(1, 3, 1, 1) * 255.0 * (1 - (1 - SEAL_DARK) * m**4)
+            out = out[:, :3] * (1 - m) + seal * m
         if mouth is not None:
             side = self.mouth_side
             for j, (i, x0, y0) in enumerate(zip(*mouth.where)):
@@ -360,14 +393,12 @@ class WarpRenderer:
 
     # ---- mouth ------------------------------------------------------------------------------------
 
-    def _mouth_layer(self, tgt: Targets):
+    def _mouth_layer(self, tgt: Targets, gap: np.ndarray):
         """The synthesised interior for frames whose lips part further than the portrait's, or None.
         Returns alpha (M, S, S) and colour (M, 3, S, S) 0..255 for M frames at working-region offsets."""
         torch = self.torch
-        from a2pcli.headpose import canonical
 
-        canon = canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale)
-        excess = np.clip((_lip_gap(canon) - self.portrait_gap) / OPEN_FULL, 0.0, 1.0)
+        excess = np.clip((gap - self.portrait_gap) / OPEN_FULL, 0.0, 1.0)
         todo = np.nonzero(excess > 0.01)[0]
         if len(todo) == 0:
             return None
