@@ -186,10 +186,7 @@ def animate(portrait: Portrait, motion: Motion, output: Path, opts: AnimateOptio
             audio=None, reporter: Reporter | None = None) -> dict:
     """Render `motion` on `portrait` into the video file `output` (already a temp path: callers use
     outputs.atomic_path). `audio`: an encode.AudioTrack to mux, or None. Returns the run's summary."""
-    from a2pcli.device import JobEstimate, preflight
-    from a2pcli.encode import VideoWriter
     from a2pcli.headpose import load_reference
-    from a2pcli.render import WarpRenderer
     from a2pcli.retarget import retarget
 
     reporter = reporter or Reporter()
@@ -213,7 +210,24 @@ def animate(portrait: Portrait, motion: Motion, output: Path, opts: AnimateOptio
         tgt = resample(tgt, n, motion.fps, fps)
     else:
         tgt = _cut(tgt, n)
+    summary = render_video(portrait, tgt, fps, output, opts, audio, reporter)
+    summary["notes"] = notes + summary["notes"]
+    summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    summary["frames_per_s"] = round(summary["frames"] / max(summary["elapsed_s"], 1e-9), 1)
+    return summary
 
+
+def render_video(portrait: Portrait, tgt: Targets, fps: float, output: Path, opts: AnimateOptions = AnimateOptions(),
+                 audio=None, reporter: Reporter | None = None) -> dict:
+    """Render the target landmarks on `portrait` into the video file `output`, streaming batches into the
+    encoder (with `audio` muxed). The device preflight runs here, before anything heavy loads."""
+    from a2pcli.device import JobEstimate, preflight
+    from a2pcli.encode import VideoWriter
+    from a2pcli.render import WarpRenderer
+
+    reporter = reporter or Reporter()
+    t0 = time.perf_counter()
+    n = len(tgt)
     h, w = portrait.image.shape[:2]
     per_frame = bytes_per_frame((h, w), portrait.face.scale)
     fixed = h * w * 16  # the portrait and the frames' staging on the device
@@ -246,7 +260,7 @@ def animate(portrait: Portrait, motion: Motion, output: Path, opts: AnimateOptio
         "batch_size": batch,
         "vram_estimate_gb": round(vram / 1e9, 2),
         "audio": None if audio is None else str(audio.path),
-        "notes": notes,
+        "notes": [],
         "timings_s": {"setup": round(t_setup, 3), "render_and_encode": round(time.perf_counter() - t1, 3)},
         "elapsed_s": round(elapsed, 3),
         "frames_per_s": round(n / max(elapsed, 1e-9), 1),

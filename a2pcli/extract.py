@@ -89,8 +89,15 @@ def _video_landmarks(info: VideoInfo, opts: ExtractOptions, reporter: Reporter):
     lm_list: list[np.ndarray | None] = []
     tracker = FaceTracker()
     with FaceMeshDetector(video=True) as det:
+        tracking = False
         for frame in stream_frames(info, size=(dw, dh), fps=opts.fps, start=opts.start, end=opts.end):
-            lm = tracker.choose(det.detect(frame))
+            faces = det.detect(frame)
+            if faces and not tracking:
+                # A face just acquired by detection is placed differently from the tracked ones that follow
+                # (a few % in scale): a second pass over the same frame gives the tracked landmarks.
+                faces = det.detect(frame) or faces
+            tracking = bool(faces)
+            lm = tracker.choose(faces)
             lm_list.append(None if lm is None else lm * back)
             reporter.advance()
     if reporter.total != len(lm_list):

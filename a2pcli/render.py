@@ -29,6 +29,7 @@ SHELL_LEVELS = (1.3, 1.8)  # the face oval scaled about its centre: rigid head p
 SHELL_MAX_Y = 0.45  # face units: oval points below this (the jaw and chin) get no shell: the neck stays put
 RING_RADIUS = 3.0  # face units: static anchors around the face (torso, background)
 RING_POINTS = 16
+TORSO_Y, TORSO_HALF_WIDTH = 1.75, 1.6  # face units, portrait's face frame: a static row at the neck's base
 ROI_HALF = 3.6  # face units: half side of the working region around the face centre
 BORDER_POINTS = 5  # static anchors per side of the working region
 WINDOW = 0.12  # fraction of the working region over which the warp fades out at its border
@@ -93,7 +94,12 @@ def _static_points(face: PortraitFace, roi: Region) -> np.ndarray:
         np.stack([xs, np.full_like(xs, roi.y0)], 1), np.stack([xs, np.full_like(xs, roi.y1 - 1)], 1),
         np.stack([np.full_like(ys[1:-1], roi.x0), ys[1:-1]], 1), np.stack([np.full_like(ys[1:-1], roi.x1 - 1), ys[1:-1]], 1),
     ])
-    return np.concatenate([ring, border]).astype(np.float32)
+    from a2pcli.headpose import apply_pose
+
+    xs_t = np.linspace(-TORSO_HALF_WIDTH, TORSO_HALF_WIDTH, 9)
+    row = np.stack([xs_t, np.full_like(xs_t, TORSO_Y), np.zeros_like(xs_t)], 1).astype(np.float32)
+    torso = apply_pose(row[None], face.rotation[None], face.translation[None], np.array([face.scale], np.float32))
+    return np.concatenate([ring, border, torso[0, :, :2]]).astype(np.float32)
 
 
 def _colour_stats(image: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, float]:
@@ -236,7 +242,7 @@ class WarpRenderer:
         # mouth
         lip, lum = _colour_stats(self.image, face.landmarks)
         self.lip_rgb = torch.tensor(lip, device=dev, dtype=f32)
-        self.teeth_rgb = torch.tensor([0.92, 0.90, 0.84], device=dev, dtype=f32) * float(np.clip(lum / 0.55, 0.45, 1.05))
+        self.teeth_rgb = torch.tensor([0.85, 0.82, 0.76], device=dev, dtype=f32) * float(np.clip(lum / 0.6, 0.4, 1.0))
         self.portrait_gap = float(_lip_gap(face.canon[None])[0])
         # an open-mouthed portrait: where the closing lips would squeeze its interior into a thin band,
         # the band is painted over with lip colour (a warped mask of the interior tells where it lands)
@@ -435,7 +441,7 @@ class WarpRenderer:
         f, unit = MOUTH_FEATHER, self.unit
         inside = torch.sigmoid((pv - v_up) / f) * torch.sigmoid((v_lo - pv) / f) * ((pu > 0) & (pu < 1)).to(f32)
         bump = torch.clamp(1 - ((pu - 0.5) / 0.42) ** 4, 0.0, 1.0)
-        h_up = torch.clamp(0.5 * gap, max=0.085 * unit) * bump
+        h_up = torch.clamp(0.4 * gap, max=0.07 * unit) * bump
         h_lo = torch.clamp(gap - 0.16 * unit, 0.0, 0.05 * unit) * bump
         teeth_up = torch.sigmoid((v_up + h_up - pv) / f) * (h_up > 0.5).to(f32)
         teeth_lo = torch.sigmoid((pv - (v_lo - h_lo)) / f) * (h_lo > 0.5).to(f32)
