@@ -248,7 +248,11 @@ def audio2video(
     check_batch_size(batch_size)
     check_model(model)
     plan_outputs(portraits, audio, output, overwrite)
-    raise not_available("audio2video", "rendering")
+    if renderer is not Renderer.embedded:
+        raise not_available("audio2video", "the aniportrait renderer")
+    if motion is not MotionModel.a2p:
+        raise not_available("audio2video", "AniPortrait's audio2mesh and audio2pose (--motion aniportrait)")
+    run_talk(locals(), portraits, audio)
 
 
 def vid2vid(
@@ -396,6 +400,72 @@ def run_driven(command: str, args: dict, audio: Path | None) -> None:
         summary = {"output": str(out), "portrait": str(portrait_path), "driving": str(driving), **summary,
                    "notes": notes + summary["notes"]}
         finish(sink, summary, args["json_out"], _human(summary), args["quiet"])
+
+
+def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
+    """audio2video: speech -> lips (audio2motion model), blinks and head motion -> one video per portrait."""
+    import json as _json
+
+    from a2pcli.animate import AnimateOptions, PortraitOptions, load_portrait, render_video
+    from a2pcli.cli.app import finish, report_failure, session
+    from a2pcli.encode import load_audio, probe_audio
+    from a2pcli.errors import A2PError
+    from a2pcli.headpose import load_reference
+    from a2pcli.outputs import atomic_path
+    from a2pcli.progress import Reporter
+    from a2pcli.talk import SAMPLE_RATE, TalkOptions, talk_targets
+
+    outs = plan_outputs(portraits, audio, args["output"], args["overwrite"])
+    fps = float(args["fps"])
+    popts = PortraitOptions(crop=args["crop"], size=args["size"] or DEFAULT_CROP_SIZE, max_size=args["max_size"])
+    aopts = AnimateOptions(crf=args["crf"], device=args["device"], batch_size=args["batch_size"],
+                           frames_dir=args["frames_dir"])
+    topts = TalkOptions(template=args["pose"], template_region=args["template_region"].value, still=args["still"],
+                        pose_scale=args["pose_scale"], expression_scale=args["expression_scale"],
+                        blink_rate=args["blink_rate"], seed=args["seed"])
+    results, failures = [], []
+    with session("audio2video", args["progress"], args["quiet"]) as sink:
+        reporter = Reporter(sink)
+        reporter.stage("read the audio", total=None)
+        track = probe_audio(audio)
+        if track is None:
+            raise InputError("has no audio stream", subject=str(audio), remedy="pass a speech file or a video with sound")
+        samples = load_audio(audio, SAMPLE_RATE)
+        n = max(1, int(round(len(samples) / SAMPLE_RATE * fps)))
+        reporter.stage("speech to motion", total=None)
+        from a2pcli.audio2motion import load_model
+
+        a2m = load_model(args["model"])
+        lips = a2m.predict(samples, fps, n)
+        template = None
+        if topts.template is not None:
+            from a2pcli.motion import load_motion
+
+            template = load_motion(topts.template)
+        ref_mean = load_reference().mean
+        for portrait_path, out in zip(portraits, outs):
+            try:
+                portrait = load_portrait(portrait_path, popts, reporter)
+                tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template)
+                with atomic_path(out, args["overwrite"]) as tmp:
+                    summary = render_video(portrait, tgt, fps, tmp, aopts, audio=track, reporter=reporter)
+                    if args["meta"]:
+                        inputs = [portrait_path, audio] + ([topts.template] if topts.template else [])
+                        meta = _meta("audio2video", args, summary, inputs)
+                        with atomic_path(out.with_suffix(out.suffix + ".json"), True) as mtmp:
+                            mtmp.write_text(_json.dumps(meta, indent=2, default=str) + "\n")
+                results.append({"output": str(out), "portrait": str(portrait_path), "audio": str(audio), **summary,
+                                "notes": portrait.notes + notes})
+            except A2PError as exc:
+                if len(portraits) == 1:
+                    raise
+                failures.append((portrait_path, exc))
+                report_failure(sink, exc.one_line(), exc.exit_code)
+        summary = results[0] if len(portraits) == 1 else {
+            "outputs": results, "failed": [{"input": str(p), "error": e.one_line()} for p, e in failures]}
+        finish(sink, summary, args["json_out"], "\n".join(_human(r) for r in results), args["quiet"])
+    if failures:
+        raise typer.Exit(failures[0][1].exit_code)
 
 
 def _meta(command: str, args: dict, summary: dict, inputs: list[Path]) -> dict:

@@ -1,7 +1,7 @@
 """`a2p train audio2motion`: train the speech -> motion model on talking videos.
 
-Its options and help are final. Training itself arrives in a later version: the command checks its
-inputs now (missing folder -> exit 2, naming it) and then says that it is not available yet (exit 5).
+Parse, check the inputs (missing folder -> exit 2, naming it), then call a2pcli.train_a2m.train, which
+prepares the data (cached), trains, validates each epoch, checkpoints and exports the model folder.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from a2pcli.cli.cmd_render import not_available
+from a2pcli.cli.app import finish, session
 from a2pcli.cli.options import Device, JsonOut, Progress, ProgressMode, Quiet, Seed
 from a2pcli.errors import InputError, OutputError
 
@@ -96,8 +96,31 @@ def audio2motion(
 
     Use the result with `a2p audio2video --model my-model`.
     """
+    from a2pcli.train_a2m import TrainOptions, output_check, train
+    from a2pcli.progress import Reporter
+
     check_training_inputs(data, output, resume, val_speakers)
-    raise not_available("train audio2motion", "training")
+    output_check(output)
+    opts = TrainOptions(
+        data=tuple(data), output=output, preset=preset.value, epochs=epochs, batch_size=batch_size, lr=lr,
+        val_speakers=tuple(s.strip() for s in val_speakers.split(",") if s.strip()) if val_speakers else None,
+        resume=resume, seed=seed, device=device,
+    )
+    with session("train audio2motion", progress, quiet) as sink:
+        summary = train(opts, Reporter(sink))
+    finish(sink, summary, json_out, _human(summary), quiet)
+
+
+def _human(s: dict) -> str:
+    v = s.get("validation") or {}
+    metrics = ""
+    if "val_mouth_r" in v:
+        metrics = (f"; validation mouth-opening r {v['val_mouth_r']:.3f} (loudness envelope {v['val_envelope_r']:.3f}), "
+                   f"spread x{v['val_std_ratio']}")
+    d = s["data"]
+    return (f"{s['output']}: {s['epochs']} epochs ({s['steps']} steps) on {d['train']['clips']} clips of "
+            f"{d['train']['speakers']} speakers, {d['val']['clips']} clips of {d['val']['speakers']} held out{metrics}; "
+            f"{s['elapsed_s']:.0f} s")
 
 
 def register(app: typer.Typer) -> None:

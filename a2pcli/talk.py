@@ -1,0 +1,196 @@
+"""Speech -> face motion for one portrait: lips from the audio2motion model, blinks, breathing, and head
+motion generated from the speech's prosody (or taken from a template), as target landmarks for the
+renderer.
+
+    tgt, notes = talk_targets(face, audio16k, fps, n, lips, TalkOptions(), ref_mean)
+
+Everything here is cheap next to rendering (a few ms per second of video): head motion is a sum of
+seeded slow sinusoids shaped by the speech's loudness, not a network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from a2pcli import facemesh as fm
+from a2pcli.headpose import apply_pose
+from a2pcli.motion import Motion
+from a2pcli.retarget import PortraitFace, Targets, _no_crossing, _rotation_power, region_weights
+
+SAMPLE_RATE = 16000
+BLINK_DURATION_S = 0.26  # closing is quicker than opening
+BLINK_MIN_GAP_S = 1.2
+BREATH_HZ, BREATH_UNITS = 0.22, 0.006  # a slow rise and fall of the head, face units
+# generated head motion: amplitude (degrees) of yaw, pitch, roll wander, and of the nods on stressed speech
+WANDER_DEG = np.array([3.2, 2.0, 1.3])
+WANDER_HZ = (0.07, 0.45)
+NOD_DEG = 2.2
+CROSSFADE_S = 0.5  # template loops: cross-faded joins
+
+
+@dataclass(frozen=True)
+class TalkOptions:
+    template: Path | None = None  # head motion from a .pose / .npy instead of generating it
+    template_region: str = "pose"  # pose, pose+eyes, pose+eyes+brows
+    still: bool = False
+    pose_scale: float = 1.0
+    expression_scale: float = 1.0
+    blink_rate: float = 17.0  # per minute
+    seed: int = 0
+
+
+def loudness(audio: np.ndarray, fps: float, n: int) -> np.ndarray:
+    """Per video frame RMS loudness in dB (T,), -80 for silence."""
+    hop = SAMPLE_RATE / fps
+    out = np.full(n, -80.0, np.float32)
+    for i in range(n):
+        a, b = int(i * hop), int((i + 1) * hop)
+        seg = audio[a:b]
+        if len(seg):
+            out[i] = 10 * np.log10(float(np.mean(seg.astype(np.float64) ** 2)) + 1e-8)
+    return np.maximum(out, -80.0)
+
+
+def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0 or len(x) < 2:
+        return x
+    r = int(3 * sigma) + 1
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    pad = np.pad(x, [(r, r)] + [(0, 0)] * (x.ndim - 1), mode="edge")
+    return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, pad)
+
+
+def blink_curve(n: int, fps: float, rate_per_min: float, rng: np.random.Generator) -> np.ndarray:
+    """(T,) eyelid closure 0..1: blinks at random intervals around the given rate."""
+    closure = np.zeros(n, np.float32)
+    if rate_per_min <= 0 or n == 0:
+        return closure
+    mean_gap = 60.0 / rate_per_min
+    t = rng.uniform(0.3, min(mean_gap, 3.0))
+    dur = BLINK_DURATION_S
+    times = np.arange(n) / fps
+    while t < n / fps:
+        u = (times - t) / dur
+        shape = np.where(u < 0.35, u / 0.35, (1 - u) / 0.65)  # fast close, slower open
+        closure = np.maximum(closure, np.clip(shape, 0, 1) ** 0.8 * (u >= 0) * (u <= 1))
+        t += max(BLINK_MIN_GAP_S, rng.gamma(4.0, mean_gap / 4.0))
+    return closure.astype(np.float32)
+
+
+def blink_delta(canon: np.ndarray, closure: np.ndarray) -> np.ndarray:
+    """(T, 478, 3) canonical deltas that lower each upper lid onto the lower one by `closure`."""
+    delta = np.zeros((len(closure), *canon.shape), np.float32)
+    for upper, lower, ring in ((fm.RIGHT_EYE_UPPER, fm.RIGHT_EYE_LOWER, fm.RIGHT_EYE_RING_UPPER),
+                               (fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER, fm.LEFT_EYE_RING_UPPER)):
+        gap = canon[lower[1:-1], 1] - canon[upper[1:-1], 1]  # per inner lid point
+        delta[:, upper[1:-1], 1] = closure[:, None] * gap[None] * 0.92
+        delta[:, lower[1:-1], 1] = -closure[:, None] * gap[None] * 0.04
+        delta[:, ring, 1] = closure[:, None] * float(gap.mean()) * 0.3
+    return delta
+
+
+def generated_head(audio_db: np.ndarray, fps: float, rng: np.random.Generator) -> np.ndarray:
+    """(T, 3) yaw, pitch, roll degrees: slow seeded wander, livelier while speaking, small nods on
+    stressed syllables; zero-mean, no drift."""
+    n = len(audio_db)
+    t = np.arange(n) / fps
+    euler = np.zeros((n, 3), np.float64)
+    for axis in range(3):
+        for _ in range(4):
+            f = rng.uniform(*WANDER_HZ)
+            euler[:, axis] += rng.normal(0, 1) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+        euler[:, axis] *= WANDER_DEG[axis] / 2.0
+    speaking = np.clip((_smooth(audio_db, 0.3 * fps) + 50) / 25, 0, 1)  # 0 in silence, 1 in normal speech
+    euler *= (0.45 + 0.55 * speaking)[:, None]
+    # nods: the loudness rising fast (stressed syllables) dips the head a little
+    rise = np.clip(np.diff(_smooth(audio_db, 0.05 * fps), prepend=audio_db[:1]), 0, None)
+    euler[:, 1] += NOD_DEG * _smooth(np.clip(rise / 6.0, 0, 1), 0.12 * fps)
+    return euler.astype(np.float32)
+
+
+def _loop(x: np.ndarray, n: int, fps: float) -> np.ndarray:
+    """A template's frames extended to n: played forward and backward (ping-pong), so every join is
+    continuous, with a short cross-fade to soften the turn-around."""
+    if len(x) >= n:
+        return x[:n]
+    if len(x) == 1:
+        return np.repeat(x, n, 0)
+    cycle = np.concatenate([x, x[-2:0:-1]])
+    reps = int(np.ceil(n / len(cycle)))
+    out = np.concatenate([cycle] * reps)[:n]
+    k = max(1, int(CROSSFADE_S * fps / 2))
+    return _smooth(out, k / 3.0) if len(out) > 3 * k else out
+
+
+def template_motion(motion: Motion, n: int, fps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Relative rotation (T, 3, 3), translation in face units (T, 3) and expression deltas (T, 478, 3) or None,
+    from a template, resampled to fps and extended to n frames."""
+    m = len(motion)
+    src_t = np.arange(int(round(m * fps / motion.fps))) * motion.fps / fps
+    idx = np.clip(np.round(src_t).astype(int), 0, m - 1)
+    rel = (motion.rotation @ motion.rotation[0].T)[idx]
+    if motion.frame_size == (0, 0) or motion.landmarks is None:
+        shift = motion.translation - motion.translation[0]
+    else:
+        shift = (motion.translation - motion.translation[0]) / np.maximum(motion.scale[:, None], 1e-6)
+    shift = shift[idx]
+    expr = None
+    if motion.expression is not None:
+        expr = (motion.expression - motion.expression[0])[idx]
+    rel = _loop(rel, n, fps)
+    u, _, vt = np.linalg.svd(rel)
+    rel = (u @ vt).astype(np.float32)
+    shift = _loop(shift, n, fps).astype(np.float32)
+    shift[:, 2] = 0
+    if expr is not None:
+        expr = _loop(expr, n, fps).astype(np.float32)
+    return rel, shift, expr
+
+
+def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips: np.ndarray, opts: TalkOptions,
+                 ref_mean: np.ndarray, template: Motion | None = None) -> tuple[Targets, list[str]]:
+    """Target landmarks and pose for n frames of speech. `lips`: (n, 478, 3) expression deltas from the
+    audio2motion model."""
+    notes: list[str] = []
+    rng = np.random.default_rng(opts.seed)
+    db = loudness(audio, fps, n)
+    canon = np.repeat(face.canon[None], n, 0) + lips[:n] * opts.expression_scale
+    canon += blink_delta(face.canon, blink_curve(n, fps, opts.blink_rate, rng))
+
+    shift = np.zeros((n, 3), np.float32)
+    if opts.still:
+        rel = np.repeat(np.eye(3, dtype=np.float32)[None], n, 0)
+    elif template is not None:
+        rel, shift, expr = template_motion(template, n, fps)
+        if opts.template_region != "pose":
+            if expr is None:
+                notes.append("the template has no expression (an AniPortrait head-pose template): "
+                             "--template-region uses its head motion only")
+            else:
+                w = region_weights(ref_mean, "eyes")
+                if opts.template_region == "pose+eyes+brows":
+                    brows = np.zeros_like(w)
+                    brows[np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW, fm.FOREHEAD])] = 1.0
+                    w = np.maximum(w, brows)
+                lips_w = region_weights(ref_mean, "lips")
+                canon += expr * (w * (1 - lips_w))[None, :, None]  # the lips always follow the speech
+        if len(template) * fps / template.fps < n:
+            notes.append("the head-motion template is shorter than the audio: it is played back and forth")
+    else:
+        from a2pcli.headpose import matrix_from_euler
+
+        rel = matrix_from_euler(generated_head(db, fps, rng))
+    rel = _rotation_power(rel.astype(np.float32), opts.pose_scale) if not opts.still else rel
+    t = np.arange(n) / fps
+    shift = shift * opts.pose_scale
+    shift[:, 1] += BREATH_UNITS * np.sin(2 * np.pi * BREATH_HZ * t)
+    canon = _no_crossing(canon)
+    rot = (rel @ face.rotation).astype(np.float32)
+    trans = (face.translation[None] + shift * face.scale).astype(np.float32)
+    scale = np.full(n, face.scale, np.float32)
+    lm = apply_pose(canon.astype(np.float32), rot, trans, scale)
+    return Targets(lm, rot, trans, scale), notes

@@ -1,0 +1,98 @@
+"""audio2video speed: 10 s of speech -> 512x512 video end to end, and where the time goes.
+
+    python benchmarks/bench_audio2video.py [--portrait IMG] [--audio SPEECH] [--seconds 10] [--device cpu]
+
+Defaults: ../shared/media/sadtalker_happy.png and ../shared/media/sadtalker_RD_Radio31_000.wav (looped or cut
+to --seconds). Prints one JSON object: the whole command's wall time (interpreter start-up included), the
+time to its first progress line, and the stages (audio decode, speech to motion, head motion, face,
+render + encode), once with generated head motion and once with a template.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(os.environ.get("A2P_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def timed_cli(args: list[str]) -> dict:
+    """Run the CLI with --progress json; wall time, time to the first progress line, stage timestamps."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "a2pcli", *args, "--progress", "json", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first, stages = None, {}
+    for line in proc.stderr:
+        now = time.perf_counter() - t0
+        first = first if first is not None else now
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == "progress" and ev.get("stage") not in stages:
+            stages[ev["stage"]] = round(now, 3)
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise SystemExit(f"a2p failed: {out}")
+    return {"wall_s": round(time.perf_counter() - t0, 2), "first_progress_s": round(first or 0, 3),
+            "stage_starts_s": stages, "summary": json.loads(out)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--portrait", type=Path, default=SHARED / "media" / "sadtalker_happy.png")
+    ap.add_argument("--audio", type=Path, default=SHARED / "media" / "sadtalker_RD_Radio31_000.wav")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    import numpy as np
+    import soundfile as sf
+
+    from a2pcli.encode import load_audio
+
+    tmp = Path(tempfile.mkdtemp())
+    speech = load_audio(args.audio, 16000)
+    n = int(args.seconds * 16000)
+    speech = np.tile(speech, int(np.ceil(n / len(speech))))[:n]
+    wav = tmp / "speech.wav"
+    sf.write(wav, speech, 16000)
+    template = tmp / "template.npy"
+    t = np.arange(60) / 30
+    np.save(template, np.stack([np.zeros_like(t), 8 * np.sin(t), 0 * t, 0 * t, 0 * t, 0 * t], 1).astype(np.float32))
+
+    # the model alone, in this process (features + network), and the generated head motion alone
+    from a2pcli.audio2motion import load_model
+    from a2pcli.talk import generated_head, loudness
+
+    model = load_model()
+    model.predict(speech[:16000], 25.0)
+    t0 = time.perf_counter()
+    model.predict(speech, 25.0)
+    model_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generated_head(loudness(speech, 25.0, int(args.seconds * 25)), 25.0, np.random.default_rng(0))
+    head_s = time.perf_counter() - t0
+
+    common = ["audio2video", str(args.portrait), str(wav), "--crop", "--size", "512", "--device", args.device]
+    res = {
+        "seconds_of_speech": args.seconds,
+        "model_s": round(model_s, 3),
+        "model_x_realtime": round(args.seconds / max(model_s, 1e-9), 1),
+        "generated_head_motion_s": round(head_s, 4),
+        "generated": timed_cli(common + ["-o", str(tmp / "gen.mp4")]),
+        "template": timed_cli(common + ["--pose", str(template), "-o", str(tmp / "tpl.mp4")]),
+    }
+    for k in ("generated", "template"):
+        res[k]["summary"] = {key: res[k]["summary"][key] for key in ("frames", "elapsed_s", "timings_s", "device")}
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
