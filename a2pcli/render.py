@@ -404,6 +404,8 @@ class WarpRenderer:
         Returns alpha (M, S, S) and colour (M, 3, S, S) 0..255 for M frames at working-region offsets."""
         torch = self.torch
 
+        if self.interior is not None:
+            return None  # the portrait shows its own mouth interior (teeth, a smile): the warp stretches it
         excess = np.clip((gap - self.portrait_gap) / OPEN_FULL, 0.0, 1.0)
         todo = np.nonzero(excess > 0.01)[0]
         if len(todo) == 0:
