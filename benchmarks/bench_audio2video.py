@@ -44,13 +44,57 @@ def timed_cli(args: list[str]) -> dict:
             "stage_starts_s": stages, "summary": json.loads(out)}
 
 
+def in_process(args) -> dict:
+    """audio -> lips -> targets -> rendered, encoded video, timed stage by stage in this process."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    from a2pcli.animate import AnimateOptions, Portrait, render_video
+    from a2pcli.audio2motion import load_model
+    from a2pcli.encode import load_audio, probe_audio
+    from a2pcli.headpose import load_reference
+    from a2pcli.retarget import portrait_face
+    from a2pcli.talk import TalkOptions, talk_targets
+
+    times = {"imports": time.perf_counter() - t0}
+    t = time.perf_counter()
+    speech = load_audio(args.audio, 16000)
+    speech = np.tile(speech, int(np.ceil(args.seconds * 16000 / len(speech))))[: int(args.seconds * 16000)]
+    track = probe_audio(args.audio)
+    times["audio"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model = load_model(device="cpu")
+    n = int(round(len(speech) / 16000 * 25))
+    lips = model.predict(speech, 25.0, n)
+    times["speech_to_motion"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with np.load(args.bundle) as z:
+        ref = load_reference()
+        portrait = Portrait(z["image"], portrait_face(z["landmarks"], ref), args.portrait, 1)
+    tgt, _ = talk_targets(portrait.face, speech, 25.0, n, lips, TalkOptions(), ref.mean)
+    times["head_blinks_targets"] = time.perf_counter() - t
+    t = time.perf_counter()
+    out = Path(tempfile.mkdtemp()) / "talk.mp4"
+    summary = render_video(portrait, tgt, 25.0, out, AnimateOptions(device=args.device), audio=track)
+    times["render_and_encode"] = time.perf_counter() - t
+    res = {k: round(v, 3) for k, v in times.items()}
+    res["total_s"] = round(time.perf_counter() - t0, 3)
+    res["frames"], res["device"], res["batch"] = summary["frames"], summary["device"], summary["batch_size"]
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--portrait", type=Path, default=SHARED / "media" / "sadtalker_happy.png")
     ap.add_argument("--audio", type=Path, default=SHARED / "media" / "sadtalker_RD_Radio31_000.wav")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bundle", type=Path, help="portrait bundle from bench_render.py --save-bundle: time the whole "
+                    "pipeline in this process, without face detection (for a machine without mediapipe)")
     args = ap.parse_args()
+    if args.bundle:
+        print(json.dumps(in_process(args), indent=2))
+        return
 
     import numpy as np
     import soundfile as sf
