@@ -43,6 +43,19 @@ def sinusoid(length: int, channels: int, dtype=np.float64) -> np.ndarray:
     return pe
 
 
+def _torch_sinusoid_f32(length: int, channels: int) -> np.ndarray:
+    """Audio2Pose's PPE buffer as the original builds it: torch float32 sin/cos/exp (numpy's float32
+    functions round differently in about a third of the entries), widened to float64."""
+    import torch
+
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, channels, 2, dtype=torch.float32) * (-math.log(10000.0) / channels))
+    pe = torch.zeros(1, length, channels, dtype=torch.float32)
+    pe[0, :, 0::2] = torch.sin(pos * div)
+    pe[0, :, 1::2] = torch.cos(pos * div)
+    return pe.numpy().astype(np.float64)
+
+
 def _keep_value(ckpt: str, key: str, shape) -> np.ndarray:
     shape = tuple(int(s) for s in shape)
     if key.endswith("num_batches_tracked"):
@@ -52,7 +65,7 @@ def _keep_value(ckpt: str, key: str, shape) -> np.ndarray:
     if key.endswith("pos_encoder.pe"):
         return sinusoid(shape[1], shape[2], np.float64)
     if key.endswith("PPE.pe") or key.endswith(".pe"):
-        return sinusoid(shape[1], shape[2], np.float32).astype(np.float64)
+        return _torch_sinusoid_f32(shape[1], shape[2])
     raise ValueError(f"no 'keep' value known for {ckpt}/{key}")
 
 
