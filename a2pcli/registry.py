@@ -4,6 +4,12 @@ The data is `models/registry.json` (shipped in the wheel). A model is either
   - "embedded": its files ship in `models/<name>/` inside the package, or
   - "fetched":  its files live in the cache, `<cache>/models/<name>/`.
 Commands that take a model accept a registry name or a local path (`resolve`).
+
+A fetched entry with `"hashes": "recorded"` lists only file paths (no sha256, no size): the hashes
+are recorded when `a2p models pull` or `a2p models import` writes the files, in
+`<cache>/models/<name>/.recorded.json`, and checked from then on like any other. Such an entry's
+`files` are groups: `{"path": p, "or": [alternatives...], "optional": bool}`; a required group
+with no recorded member shows as one missing file (its first path).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from a2pcli.paths import shipped_models_dir
 REGISTRY_FILE = "registry.json"
 REGISTRY_SCHEMA = 1
 STAMP_FILE = ".verified"
+RECORD_FILE = ".recorded.json"  # hashes recorded at pull/import time, for entries with "hashes": "recorded"
+RECORD_SCHEMA = 1
 
 # status of one model, as shown by `models list`, `models verify` and the doctor
 PRESENT, MISSING, MISMATCH, UNVERIFIED = "present", "missing", "hash mismatch", "unverified"
@@ -40,6 +48,7 @@ class ModelEntry:
     source: str
     files: tuple[ModelFile, ...] = field(default_factory=tuple)
     card: str | None = None
+    recorded: bool = False  # sha256 and size come from the cache's record, not from the registry
 
     @property
     def embedded(self) -> bool:
@@ -75,7 +84,11 @@ def load_registry(path: Path | None = None) -> dict[str, ModelEntry]:
     entries = {}
     for name, raw in data.get("models", {}).items():
         try:
-            files = tuple(ModelFile(f["path"], f["sha256"], int(f["size"])) for f in raw["files"])
+            recorded = raw.get("hashes") == "recorded"
+            if recorded:
+                files = _recorded_files(name, raw["files"])
+            else:
+                files = tuple(ModelFile(f["path"], f["sha256"], int(f["size"])) for f in raw["files"])
             entries[name] = ModelEntry(
                 name=name,
                 kind=raw["kind"],
@@ -84,6 +97,7 @@ def load_registry(path: Path | None = None) -> dict[str, ModelEntry]:
                 source=raw["source"],
                 files=files,
                 card=raw.get("card"),
+                recorded=recorded,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(
@@ -99,6 +113,51 @@ def get(name: str) -> ModelEntry:
         remedy = f"use one of: {known}, or a local path" if known else "give a local path (the registry lists no models)"
         raise ModelError("unknown model name", subject=name, remedy=remedy)
     return entries[name]
+
+
+def read_record(folder: Path) -> dict[str, dict]:
+    """The recorded files of a "hashes": "recorded" model: {relative path: {"sha256", "size", ...}}."""
+    try:
+        data = json.loads((folder / RECORD_FILE).read_text())
+        files = data.get("files", {}) if data.get("schema") == RECORD_SCHEMA else {}
+        return {rel: rec for rel, rec in files.items() if isinstance(rec.get("sha256"), str) and int(rec["size"]) >= 0}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def write_record(folder: Path, files: dict[str, dict]) -> None:
+    """Replace the record (atomically). Callers hold the model's lock."""
+    data = {"schema": RECORD_SCHEMA, "files": dict(sorted(files.items()))}
+    cache.write_bytes_atomic(folder / RECORD_FILE, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def _recorded_files(name: str, groups: list[dict]) -> tuple[ModelFile, ...]:
+    record = read_record(cache.model_cache_dir(name))
+    out: list[ModelFile] = []
+    for group in groups:
+        paths = [group["path"], *group.get("or", [])]
+        have = [p for p in paths if p in record]
+        out += [ModelFile(p, record[p]["sha256"], int(record[p]["size"])) for p in have]
+        if not have and not group.get("optional", False):
+            out.append(ModelFile(paths[0], "", 0))  # nothing recorded: reported missing
+    return tuple(out)
+
+
+def stamp_verified(folder: Path, rel: str, sha256: str) -> None:
+    """Note that `folder/rel` was just hashed to `sha256` (so the next check need not re-hash it)."""
+    st = (folder / rel).stat()
+    stamps = _read_stamps(folder)
+    stamps[rel] = (sha256, st.st_size, st.st_mtime_ns)
+    _write_stamps(folder, stamps)
+
+
+def stamp_matches(folder: Path, rel: str, sha256: str) -> bool:
+    """Whether `folder/rel` is unchanged (size, mtime) since it was hashed to `sha256`."""
+    try:
+        st = (folder / rel).stat()
+    except OSError:
+        return False
+    return _read_stamps(folder).get(rel) == (sha256, st.st_size, st.st_mtime_ns)
 
 
 def _read_stamps(folder: Path) -> dict[str, tuple[str, int, int]]:
@@ -131,6 +190,9 @@ def check_entry(entry: ModelEntry, rehash: bool = False) -> list[FileStatus]:
         path = folder / f.path
         if not path.is_file():
             out.append(FileStatus(f, path, MISSING))
+            continue
+        if entry.recorded and not f.sha256:  # on disk, but no pull or import finished writing it
+            out.append(FileStatus(f, path, MISSING, "not recorded (interrupted pull or import)"))
             continue
         st = path.stat()
         if st.st_size != f.size:

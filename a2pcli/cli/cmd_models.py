@@ -10,9 +10,11 @@ from typing import Annotated, Optional
 import typer
 
 from a2pcli import cache, registry
+from a2pcli.cli.app import finish, session
 from a2pcli.cli.cmd_render import not_available
-from a2pcli.cli.options import JsonOut
+from a2pcli.cli.options import JsonOut, Progress, ProgressMode, Quiet
 from a2pcli.errors import EXIT_FAILED, InputError
+from a2pcli.progress import Reporter
 
 MB = 1_000_000  # sizes are shown in decimal megabytes
 STATUS_STYLE = {registry.PRESENT: "green", registry.MISSING: "yellow", registry.MISMATCH: "bold red"}
@@ -120,13 +122,35 @@ def verify(
         raise typer.Exit(EXIT_FAILED)
 
 
-def pull(name: ModelName) -> None:
+PULLABLE = {"aniportrait"}  # registry models that `pull` and `import` know how to fetch
+
+
+def pull(
+    name: ModelName,
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
     """Download a model into the shared cache.
 
-    The download is resumable and sha256 checked, and safe to run from several processes at once.
+    aniportrait: AniPortrait's checkpoints, the SD1.5 UNet config, sd-vae-ft-mse, the CLIP image
+    encoder and wav2vec2-base-960h from Hugging Face, at pinned revisions (HF_ENDPOINT selects a
+    mirror). An interrupted download resumes where it stopped; each file's sha256 is checked
+    against the Hub's and recorded, then checked on every load and by `a2p models verify`.
+    Safe to run from several processes at once.
     """
     registry.get(name)
-    raise not_available("models pull", "downloading models")
+    if name not in PULLABLE:
+        raise not_available("models pull", f"downloading {name}")
+    from a2pcli.aniportrait import hub
+
+    with session("models pull", progress, quiet) as sink:
+        try:
+            summary = hub.pull(Reporter(sink))
+        except KeyboardInterrupt:
+            sys.stderr.write(f"interrupted: `a2p models pull {name}` resumes the download where it stopped\n")
+            raise
+    finish(sink, summary, json_out, _human(summary), quiet)
 
 
 def import_(
@@ -134,15 +158,38 @@ def import_(
     folder: Annotated[
         Path, typer.Argument(help="An existing AniPortrait pretrained_model folder.", show_default=False)
     ],
+    copy: Annotated[
+        bool, typer.Option("--copy", help="Copy the files (default: hard links where the filesystem allows).")
+    ] = False,
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Adopt an existing AniPortrait pretrained_model folder.
 
-    Its files are checked against the registry's sha256 instead of being downloaded again.
+    Its files (AniPortrait's names and layout) are checked (keys of every checkpoint), hard-linked
+    into the cache (copied across filesystems or with --copy) and their sha256 recorded, instead
+    of being downloaded again. A hard link keeps the data when the folder is later moved or deleted.
     """
     registry.get(name)
     if not folder.is_dir():
         raise InputError("folder not found", subject=str(folder), remedy="pass AniPortrait's pretrained_model folder")
-    raise not_available("models import", "importing models")
+    if name not in PULLABLE:
+        raise not_available("models import", f"importing {name}")
+    from a2pcli.aniportrait import hub
+
+    with session("models import", progress, quiet) as sink:
+        summary = hub.import_folder(folder, copy=copy, reporter=Reporter(sink))
+    finish(sink, summary, json_out, _human(summary), quiet)
+
+
+def _human(summary: dict) -> str:
+    counts: dict[str, int] = {}
+    for f in summary["files"]:
+        counts[f["action"]] = counts.get(f["action"], 0) + 1
+    what = ", ".join(f"{n} {a}" for a, n in counts.items())
+    return (f"{summary['model']}: {len(summary['files'])} files ({what}), {summary['bytes'] / MB:,.1f} MB "
+            f"in {summary['folder']}")
 
 
 def register(app: typer.Typer) -> None:
