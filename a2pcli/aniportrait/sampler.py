@@ -1,0 +1,309 @@
+"""AniPortrait's Lmk2Video sampler: `Pose2VideoPipeline.__call__` (src/pipelines/
+pipeline_pose2vid_long.py) on our diffusers-based models.
+
+Compat mode (`AniPortraitConfig.compat()`) follows the original step by step:
+
+1. CLIP: `ref.resize((224, 224))` + default CLIPImageProcessor -> `image_embeds` (1, D) -> (1, 1, D);
+   with CFG the encoder states are `[zeros, clip]` (the uncond half has no CLIP and no reference).
+2. Initial latents (1, 4, N, H/8, W/8): `torch.randn` from `torch.manual_seed(seed)` on CPU in the
+   model dtype (or injected `init_noise`), times `init_noise_sigma`.
+3. Reference latents: Lanczos resize to (W, H), VAE posterior mean x 0.18215.
+4. Pose frames: uint8 images as drawn (no channel swap) -> 2*u8 - 1 in [-1, 509] (the diffusers 0.24
+   quirk).
+5. Reference write pass, once, at t = 0, batch `[uncond, cond]` (CFG) or cond (no CFG); the bank
+   is rounded to fp16 (`bank_fp16_round`).
+6. Windows: `uniform(0, steps, N, 16, 1, 4)` closed loop, the same at every step.
+7. Every step, every window: latents of the window (x2 for CFG); PoseGuider on the window's pose
+   frames (x2 for CFG), BatchNorm on the batch statistics; denoiser -> v-prediction; summed into
+   the frames of the window, with a per-frame counter.
+8. CFG: `(sum / counter).chunk(2)` -> `u + s (c - u)`. Without CFG the original never divides by the
+   counter: overlapping frames get the *sum* of their windows' predictions (`nocfg_overlap="sum"`).
+9. `DDIMScheduler.step(v, t, latents, eta=0)`.
+10. Decode one frame at a time: `latents / 0.18215`, `(x/2 + 0.5).clamp(0, 1)`, float32.
+
+Exact savings (`AniPortraitConfig()` defaults; each within fp tolerance of compat, see the tests):
+`reference_cond_only` (write pass on the cond row only), `pose_cache` (PoseGuider once per window
+on one CFG copy, reused at every step), `vae_decode_batch` (several frames per decoder call).
+
+Public API::
+
+    models = build_models(configs, weights, dtype=torch.float16, device="cuda")
+    sampler = Pose2VideoSampler(models, AniPortraitConfig(width=512, height=512))
+    result = sampler(ref_image_pil, pose_images_uint8, progress=callback)
+    frames = video_to_frames(result.video)          # list of (H, W, 3) uint8 RGB
+
+`configs` holds the model configs under CONFIG_KEYS' names; `weights` the AniPortrait-format state
+dicts under WEIGHT_KEYS' names (the checkpoint files' names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from a2pcli.aniportrait.clip import build_image_encoder, clip_image_embeds, clip_pixel_values
+from a2pcli.aniportrait.config import AniPortraitConfig
+from a2pcli.aniportrait.pose_guider import build_pose_guider, pose_tensor
+from a2pcli.aniportrait.scheduler import build_scheduler, step_kwargs
+from a2pcli.aniportrait.vae import as_rgb_pil, build_vae, decode_latents, encode_reference, ref_image_tensor
+from a2pcli.aniportrait.windows import context_windows
+from a2pcli.errors import InputError
+
+# Where each model's config lives in the configs dict (names of the fixtures' configs.json).
+CONFIG_KEYS = {
+    "unet": "unet_2d_and_3d_base",  # SD1.5 unet/config.json
+    "unet3d": "unet3d_additional_kwargs",  # inference_v2.yaml unet_additional_kwargs
+    "pose_guider": "pose_guider",  # {"noise_latent_channels": 320, "use_ca": true}
+    "vae": "vae_AutoencoderKL",  # sd-vae-ft-mse config.json
+    "clip": "clip_CLIPVisionConfig",  # image_encoder config.json
+}
+# Where each state dict lives in the weights dict (AniPortrait's checkpoint names).
+WEIGHT_KEYS = {
+    "reference_unet": "reference_unet.pth",
+    "denoising_unet": "denoising_unet.pth",
+    "motion_module": "motion_module.pth",
+    "pose_guider": "pose_guider.pth",
+    "vae": "vae",
+    "image_encoder": "image_encoder",
+}
+
+
+@dataclass
+class AniPortraitModels:
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    reference_unet: torch.nn.Module
+    denoiser: torch.nn.Module
+    pose_guider: torch.nn.Module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+
+def build_models(configs: dict, weights: dict, dtype=torch.float16, device="cpu",
+                 pose_bn: str = "batch") -> AniPortraitModels:
+    """All five networks from their configs and AniPortrait-format state dicts (see CONFIG_KEYS,
+    WEIGHT_KEYS), every load strict."""
+    from a2pcli.aniportrait.unet import build_denoiser, build_reference_unet
+
+    c, w = CONFIG_KEYS, WEIGHT_KEYS
+    return AniPortraitModels(
+        vae=build_vae(configs[c["vae"]], weights[w["vae"]], dtype=dtype, device=device),
+        image_encoder=build_image_encoder(configs[c["clip"]], weights[w["image_encoder"]], dtype=dtype, device=device),
+        reference_unet=build_reference_unet(configs[c["unet"]], weights[w["reference_unet"]], dtype=dtype,
+                                            device=device),
+        denoiser=build_denoiser(configs[c["unet"]], configs[c["unet3d"]], weights[w["denoising_unet"]],
+                                weights[w["motion_module"]], dtype=dtype, device=device),
+        pose_guider=build_pose_guider(configs[c["pose_guider"]], weights[w["pose_guider"]], dtype=dtype,
+                                      device=device, bn_mode=pose_bn),
+    )
+
+
+@dataclass
+class SamplerProgress:
+    """One progress event: `stage` "denoise" after each window of each step (step/steps and
+    window/windows are 1-based counts done), or "decode" after each VAE decode call (window/windows
+    then count decoded frames)."""
+
+    stage: str
+    step: int
+    steps: int
+    window: int
+    windows: int
+    timestep: int | None = None
+
+
+@dataclass
+class SamplerResult:
+    latents: torch.Tensor
+    """Final latents (1, 4, N, H/8, W/8)."""
+    video: torch.Tensor | None
+    """(1, 3, N, H, W) float32 in [0, 1] (None when decoding was skipped)."""
+    windows: list[list[int]]
+    trace: dict = field(default_factory=dict)
+    """With `trace=True`: the intermediate values named as in the fixtures (clip_pixel_values,
+    clip_image_embeds, vae_encode_input, ref_latents, bank, init_noise, step_timesteps,
+    step_guided_model_output, step_latents_after, unet_call_outputs) plus pose_guider_calls."""
+
+
+def video_to_frames(video: torch.Tensor) -> list[np.ndarray]:
+    """(1, 3, N, H, W) in [0, 1] -> N uint8 (H, W, 3) RGB frames. Truncates like AniPortrait's
+    `save_videos_grid` (`(x * 255).astype(uint8)`)."""
+    v = video[0].permute(1, 2, 3, 0).float().cpu().numpy()
+    return [f for f in (v * 255).astype(np.uint8)]
+
+
+class Pose2VideoSampler:
+    def __init__(self, models: AniPortraitModels, config: AniPortraitConfig | None = None):
+        self.models = models
+        self.config = (config or AniPortraitConfig()).validate()
+        models.pose_guider.set_bn_mode(self.config.pose_bn)
+
+    # -- stages ------------------------------------------------------------------------------------
+    def clip_condition(self, ref_image) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel values (1,3,224,224) float32, image_embeds (1, D) in the model dtype)."""
+        pixels = clip_pixel_values(ref_image)
+        return pixels, clip_image_embeds(self.models.image_encoder, pixels)
+
+    def reference_latents(self, ref_image, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(VAE input (1,3,H,W), latents (1,4,H/8,W/8) = posterior mean x 0.18215)."""
+        vae = self.models.vae
+        p = next(vae.parameters())
+        try:
+            x = ref_image_tensor(ref_image, width, height, dtype=p.dtype, device=p.device)
+        except ValueError as e:
+            raise InputError(str(e), subject="reference image") from None
+        return x, encode_reference(vae, x)
+
+    def pose_input(self, frames, width: int, height: int) -> torch.Tensor:
+        pg = self.models.pose_guider
+        try:
+            return pose_tensor(frames, self.config.pose_input_scale, height, width, dtype=pg.dtype, device=pg.device)
+        except ValueError as e:
+            raise InputError(str(e), subject="pose images") from None
+
+    def initial_noise(self, num_frames: int, height: int, width: int, seed: int) -> torch.Tensor:
+        """torch.randn((1, 4, N, H/8, W/8)) from torch.manual_seed(seed), drawn on CPU in the model
+        dtype (diffusers' randn_tensor with a CPU generator)."""
+        gen = torch.Generator("cpu").manual_seed(int(seed))
+        x = torch.randn((1, 4, num_frames, height // 8, width // 8), generator=gen, dtype=self.models.dtype)
+        return x.to(self.models.device)
+
+    # -- the whole pipeline ------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, ref_image, pose_images, ref_pose=None, *, width: int | None = None,
+                 height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
+                 seed: int | None = None, init_noise: torch.Tensor | None = None,
+                 progress: Callable[[SamplerProgress], None] | None = None, decode: bool = True,
+                 trace: bool = False) -> SamplerResult:
+        """Render N frames from a reference image (PIL or uint8 RGB) and N pose images (uint8
+        (H, W, 3), channel order as drawn). `ref_pose` is accepted for the original's signature and
+        has no effect (the PoseGuider ignores it). Arguments left None come from the config."""
+        cfg = self.config
+        width = int(width or cfg.width)
+        height = int(height or cfg.height)
+        steps = int(steps or cfg.steps)
+        guidance = float(cfg.guidance_scale if guidance_scale is None else guidance_scale)
+        seed = cfg.seed if seed is None else seed
+        do_cfg = guidance > 1.0
+        if width % 8 or height % 8:
+            raise InputError(f"width and height must be multiples of 8, not {width}x{height}", subject="aniportrait")
+        n = len(pose_images)
+        if n < 1:
+            raise InputError("no pose frames to render", subject="aniportrait")
+        try:
+            ref_image = as_rgb_pil(ref_image)
+        except ValueError as e:
+            raise InputError(str(e), subject="reference image") from None
+        m = self.models
+        dtype, device = m.dtype, m.device
+        rec: dict = {} if trace else None
+
+        # 1. CLIP
+        pixels, embeds = self.clip_condition(ref_image)
+        ehs = embeds.to(device=device, dtype=dtype)[:, None]  # (1, 1, D)
+        if do_cfg:
+            ehs = torch.cat([torch.zeros_like(ehs), ehs])
+
+        # 2. scheduler and initial latents
+        scheduler = build_scheduler(cfg.scheduler, cfg.scheduler_kwargs)
+        scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps
+        if init_noise is None:
+            latents = self.initial_noise(n, height, width, seed)
+        else:
+            latents = init_noise.to(device=device, dtype=dtype)
+            if tuple(latents.shape) != (1, 4, n, height // 8, width // 8):
+                raise InputError(f"init_noise has shape {tuple(latents.shape)}, expected "
+                                 f"{(1, 4, n, height // 8, width // 8)}", subject="aniportrait")
+        latents = latents * scheduler.init_noise_sigma
+        if trace:
+            rec.update(clip_pixel_values=pixels, clip_image_embeds=embeds, init_noise=latents.clone())
+
+        # 3. reference latents; 4. pose frames
+        vae_in, ref_latents = self.reference_latents(ref_image, width, height)
+        pose = self.pose_input(pose_images, width, height)  # (1, 3, N, H, W)
+        ref_pose_t = None
+        if ref_pose is not None and not cfg.pose_cache:  # the original computes it; it has no effect
+            ref_pose_t = self.pose_input([ref_pose], width, height)[:, :, 0]
+        if trace:
+            rec.update(vae_encode_input=vae_in, ref_latents=ref_latents)
+
+        # 5. reference write pass (once)
+        from a2pcli.aniportrait.unet import write_reference
+
+        bank = write_reference(m.reference_unet, ref_latents, embeds, do_cfg=do_cfg,
+                               fp16_round=cfg.bank_fp16_round, cond_only=cfg.reference_cond_only)
+        if trace:
+            rec["bank"] = bank
+
+        # 6. windows
+        windows = context_windows(n, cfg.context_frames, cfg.context_overlap, cfg.context_stride, cfg.windows)
+        rows = 2 if do_cfg else 1
+        pose_cache: dict[tuple, list] = {}
+        extra = step_kwargs(scheduler, cfg.eta, None)
+        pg_calls = 0
+        guided_all, after_all, calls_all = [], [], []
+
+        def pose_features(window):
+            nonlocal pg_calls
+            if cfg.pose_cache:
+                key = tuple(window)
+                if key not in pose_cache:
+                    pose_cache[key] = m.pose_guider(pose[:, :, window], None)  # one copy; broadcast later
+                    pg_calls += 1
+                return pose_cache[key]
+            pg_calls += 1
+            return m.pose_guider(pose[:, :, window].repeat(rows, 1, 1, 1, 1), ref_pose_t)
+
+        # 7.-9. denoising loop
+        for si, t in enumerate(timesteps):
+            noise_pred = torch.zeros((rows, *latents.shape[1:]), device=device, dtype=dtype)
+            counter = torch.zeros((1, 1, n, 1, 1), device=device, dtype=dtype)
+            for wi, window in enumerate(windows):
+                x = latents[:, :, window].repeat(rows, 1, 1, 1, 1)
+                x = scheduler.scale_model_input(x, t)
+                fea = pose_features(window)
+                pred = m.denoiser(x, t, ehs, fea, bank, do_cfg)
+                noise_pred[:, :, window] = noise_pred[:, :, window] + pred
+                counter[:, :, window] = counter[:, :, window] + 1
+                if trace:
+                    calls_all.append(pred.clone())
+                if progress is not None:
+                    progress(SamplerProgress("denoise", si + 1, len(timesteps), wi + 1, len(windows), int(t)))
+            if do_cfg:
+                uncond, cond = (noise_pred / counter).chunk(2)
+                guided = uncond + guidance * (cond - uncond)
+            elif cfg.nocfg_overlap == "sum":
+                guided = noise_pred
+            else:
+                guided = noise_pred / counter
+            latents = scheduler.step(guided, t, latents, **extra).prev_sample
+            if trace:
+                guided_all.append(guided.clone())
+                after_all.append(latents.clone())
+
+        if trace:
+            rec.update(step_timesteps=timesteps.clone(), step_guided_model_output=torch.stack(guided_all),
+                       step_latents_after=torch.stack(after_all), unet_call_outputs=torch.stack(calls_all),
+                       pose_guider_calls=pg_calls, windows=windows)
+
+        # 10. decode
+        video = None
+        if decode:
+            total = latents.shape[2]
+
+            def decode_progress(done, _total):
+                if progress is not None:
+                    progress(SamplerProgress("decode", len(timesteps), len(timesteps), done, total))
+
+            video = decode_latents(m.vae, latents, batch=cfg.vae_decode_batch, progress=decode_progress)
+        return SamplerResult(latents=latents, video=video, windows=windows, trace=rec or {})
