@@ -183,9 +183,10 @@ def plan_batch(batch_size: str, device: str, per_frame: int) -> int:
 
 
 def animate(portrait: Portrait, motion: Motion, output: Path, opts: AnimateOptions = AnimateOptions(),
-            audio=None, reporter: Reporter | None = None) -> dict:
+            audio=None, reporter: Reporter | None = None, render=None) -> dict:
     """Render `motion` on `portrait` into the video file `output` (already a temp path: callers use
-    outputs.atomic_path). `audio`: an encode.AudioTrack to mux, or None. Returns the run's summary."""
+    outputs.atomic_path). `audio`: an encode.AudioTrack to mux, or None. `render`: the renderer,
+    called as render_video is (default: render_video, the embedded renderer). Returns the run's summary."""
     from a2pcli.headpose import load_reference
     from a2pcli.retarget import retarget
 
@@ -210,7 +211,7 @@ def animate(portrait: Portrait, motion: Motion, output: Path, opts: AnimateOptio
         tgt = resample(tgt, n, motion.fps, fps)
     else:
         tgt = _cut(tgt, n)
-    summary = render_video(portrait, tgt, fps, output, opts, audio, reporter)
+    summary = (render or render_video)(portrait, tgt, fps, output, opts, audio, reporter)
     summary["notes"] = notes + summary["notes"]
     summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
     summary["frames_per_s"] = round(summary["frames"] / max(summary["elapsed_s"], 1e-9), 1)

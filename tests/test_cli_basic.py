@@ -84,10 +84,7 @@ def inputs(tmp_path) -> Path:
 
 
 NOT_AVAILABLE_RUNS = [
-    ["audio2video", "face.png", "speech.wav", "--renderer", "aniportrait"],
     ["audio2video", "face.png", "other.png", "speech.wav", "--motion", "aniportrait"],
-    ["vid2vid", "face.png", "drive.mp4", "--region", "lips", "--batch-size", "8", "--renderer", "aniportrait"],
-    ["pose2vid", "face.png", "motion.pose", "--audio", "speech.wav", "--fps", "30", "--renderer", "aniportrait"],
 ]
 
 

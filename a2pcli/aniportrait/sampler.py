@@ -71,6 +71,18 @@ WEIGHT_KEYS = {
 }
 
 
+POSE_CACHE_BYTES = 4 << 30  # device memory the per-window PoseGuider features may keep across steps
+
+
+def _pose_feature_bytes(pose_guider, frames: int, height: int, width: int) -> int:
+    """Bytes of the PoseGuider's five feature maps for one window (one CFG copy)."""
+    c = int(pose_guider.final_proj.out_channels) if hasattr(pose_guider, "final_proj") else 320
+    h, w = height // 8, width // 8
+    size = torch.finfo(pose_guider.dtype).bits // 8 if pose_guider.dtype.is_floating_point else 4
+    maps = h * w + h * w // 4 + h * w // 16 * 2 + h * w // 64 * 4 + h * w // 64 * 4  # channels x1, x1, x2, x4, x4
+    return int(c * maps * frames * size)
+
+
 @dataclass
 class AniPortraitModels:
     vae: torch.nn.Module
@@ -230,7 +242,13 @@ class Pose2VideoSampler:
 
         # 3. reference latents; 4. pose frames
         vae_in, ref_latents = self.reference_latents(ref_image, width, height)
-        pose = self.pose_input(pose_images, width, height)  # (1, 3, N, H, W)
+        # pose frames stay uint8 on the host; each window's are converted when it runs, so a long
+        # clip needs no (1, 3, N, H, W) tensor on the device
+        pose_frames = list(pose_images)
+        self.pose_input(pose_frames[:1], width, height)  # size and type checked before any work
+
+        def pose(window) -> torch.Tensor:
+            return self.pose_input([pose_frames[i] for i in window], width, height)
         ref_pose_t = None
         if ref_pose is not None and not cfg.pose_cache:  # the original computes it; it has no effect
             ref_pose_t = self.pose_input([ref_pose], width, height)[:, :, 0]
@@ -249,6 +267,11 @@ class Pose2VideoSampler:
         windows = context_windows(n, cfg.context_frames, cfg.context_overlap, cfg.context_stride, cfg.windows)
         rows = 2 if do_cfg else 1
         pose_cache: dict[tuple, list] = {}
+        # the PoseGuider's features of every window are kept across steps while they fit the budget
+        # (about 62 MB a window at 512x512 fp16); beyond it they are recomputed each step
+        pg = m.pose_guider
+        per_window = _pose_feature_bytes(pg, cfg.context_frames, height, width)
+        cache_ok = cfg.pose_cache and len(windows) * per_window <= POSE_CACHE_BYTES
         extra = step_kwargs(scheduler, cfg.eta, None)
         pg_calls = 0
         guided_all, after_all, calls_all = [], [], []
@@ -257,12 +280,15 @@ class Pose2VideoSampler:
             nonlocal pg_calls
             if cfg.pose_cache:
                 key = tuple(window)
-                if key not in pose_cache:
-                    pose_cache[key] = m.pose_guider(pose[:, :, window], None)  # one copy; broadcast later
-                    pg_calls += 1
-                return pose_cache[key]
+                if key in pose_cache:
+                    return pose_cache[key]
+                fea = m.pose_guider(pose(window), None)  # one copy; broadcast later
+                pg_calls += 1
+                if cache_ok:
+                    pose_cache[key] = fea
+                return fea
             pg_calls += 1
-            return m.pose_guider(pose[:, :, window].repeat(rows, 1, 1, 1, 1), ref_pose_t)
+            return m.pose_guider(pose(window).repeat(rows, 1, 1, 1, 1), ref_pose_t)
 
         # 7.-9. denoising loop
         for si, t in enumerate(timesteps):

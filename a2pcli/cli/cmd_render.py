@@ -99,6 +99,18 @@ Steps = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps of t
 Cfg = Annotated[
     float, typer.Option("--cfg", min=0.0, help="Classifier-free guidance scale of the aniportrait renderer.")
 ]
+LowVram = Annotated[
+    bool, typer.Option("--low-vram", help="aniportrait renderer: at most 8 GB of GPU memory at 512x512 (slower: the "
+                       "guidance halves run one after the other, models off the GPU when idle).")
+]
+Weights = Annotated[
+    Optional[Path],
+    typer.Option("--weights", help="aniportrait renderer: an AniPortrait pretrained_model folder to use in place "
+                 "(default: the model from `a2p models pull aniportrait` or `a2p models import`)."),
+]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="aniportrait renderer: auto (fp16 on a GPU, fp32 on the CPU), fp16, bf16 or fp32.")
+]
 BatchSize = Annotated[
     str, typer.Option("--batch-size", help="Frames rendered at once: a number, or auto (as many as fit in memory).")
 ]
@@ -210,6 +222,9 @@ def audio2video(
     ] = MotionModel.a2p,
     steps: Steps = DEFAULT_STEPS,
     cfg: Cfg = DEFAULT_CFG,
+    low_vram: LowVram = False,
+    weights: Weights = None,
+    dtype: DtypeOpt = "auto",
     size: Size = None,
     max_size: MaxSize = DEFAULT_MAX_SIZE,
     crop: Crop = False,
@@ -248,8 +263,7 @@ def audio2video(
     check_batch_size(batch_size)
     check_model(model)
     plan_outputs(portraits, audio, output, overwrite)
-    if renderer is not Renderer.embedded:
-        raise not_available("audio2video", "the aniportrait renderer")
+    check_renderer(locals())
     if motion is not MotionModel.a2p:
         raise not_available("audio2video", "AniPortrait's audio2mesh and audio2pose (--motion aniportrait)")
     run_talk(locals(), portraits, audio)
@@ -275,6 +289,9 @@ def vid2vid(
     renderer: RendererOpt = Renderer.embedded,
     steps: Steps = DEFAULT_STEPS,
     cfg: Cfg = DEFAULT_CFG,
+    low_vram: LowVram = False,
+    weights: Weights = None,
+    dtype: DtypeOpt = "auto",
     batch_size: BatchSize = "auto",
     device: Device = "auto",
     progress: Progress = ProgressMode.auto,
@@ -292,8 +309,7 @@ def vid2vid(
     Example: a2p vid2vid face.jpg actor.mp4 -o out.mp4
     """
     check_driven(portrait, driving, "driving video", (), output, overwrite, batch_size)
-    if renderer is not Renderer.embedded:
-        raise not_available("vid2vid", "the aniportrait renderer")
+    check_renderer(locals())
     run_driven("vid2vid", locals(), audio=None)
 
 
@@ -325,6 +341,9 @@ def pose2vid(
     renderer: RendererOpt = Renderer.embedded,
     steps: Steps = DEFAULT_STEPS,
     cfg: Cfg = DEFAULT_CFG,
+    low_vram: LowVram = False,
+    weights: Weights = None,
+    dtype: DtypeOpt = "auto",
     batch_size: BatchSize = "auto",
     device: Device = "auto",
     progress: Progress = ProgressMode.auto,
@@ -342,8 +361,7 @@ def pose2vid(
     Example: a2p pose2vid face.jpg actor.pose --audio speech.wav -o out.mp4
     """
     check_driven(portrait, motion, "motion file", POSE_SUFFIXES, output, overwrite, batch_size, audio)
-    if renderer is not Renderer.embedded:
-        raise not_available("pose2vid", "the aniportrait renderer")
+    check_renderer(locals())
     run_driven("pose2vid", {**locals(), "driving": motion}, audio=audio)
 
 
@@ -352,6 +370,39 @@ def _human(s: dict) -> str:
     return (f"{s['output']}: {s['frames']} frames at {s['fps']:g} fps ({s['duration_s']:g} s), "
             f"{s['size'][0]}x{s['size'][1]}, {s['device']}; {s['elapsed_s']:.1f} s "
             f"({s['frames_per_s']:g} frames/s){notes}")
+
+
+def check_renderer(args: dict) -> None:
+    """The aniportrait renderer's options, checked before anything runs."""
+    if args.get("renderer") is not Renderer.aniportrait:
+        return
+    if args.get("dtype") not in ("auto", "fp16", "bf16", "fp32"):
+        raise InputError(f"unknown --dtype {args.get('dtype')!r}", subject="--dtype", remedy="use auto, fp16, bf16 or fp32")
+    size = args.get("size")
+    if size is not None and size % 8:
+        raise InputError(f"--size {size} must be a multiple of 8 with the aniportrait renderer", subject="--size",
+                         remedy="use 512 (AniPortrait's size), 384 or 768")
+    if args.get("weights") is not None and not Path(args["weights"]).is_dir():
+        raise InputError("not a folder", subject=f"--weights {args['weights']}",
+                         remedy="give AniPortrait's pretrained_model folder, or leave --weights out to use the model "
+                         "from `a2p models pull aniportrait`")
+
+
+def renderer_for(args: dict):
+    """The render function for --renderer: render_video (embedded) or the diffusion renderer."""
+    if args.get("renderer") is not Renderer.aniportrait:
+        return None
+    from a2pcli.aniportrait.render import DiffusionOptions, render_video_aniportrait
+
+    dopts = DiffusionOptions(steps=args["steps"], cfg=args["cfg"], size=args.get("size") or DEFAULT_CROP_SIZE,
+                             seed=args.get("seed") if args.get("seed") is not None else 42, dtype=args["dtype"],
+                             low_vram=args["low_vram"],
+                             weights=str(args["weights"]) if args.get("weights") is not None else None)
+
+    def render(portrait, tgt, fps, output, opts, audio, reporter):
+        return render_video_aniportrait(portrait, tgt, fps, output, opts, dopts, audio, reporter)
+
+    return render
 
 
 def run_driven(command: str, args: dict, audio: Path | None) -> None:
@@ -392,7 +443,7 @@ def run_driven(command: str, args: dict, audio: Path | None) -> None:
                     track = None
         portrait = load_portrait(portrait_path, popts, reporter)
         with atomic_path(out, args["overwrite"]) as tmp:
-            summary = animate(portrait, motion, tmp, aopts, audio=track, reporter=reporter)
+            summary = animate(portrait, motion, tmp, aopts, audio=track, reporter=reporter, render=renderer_for(args))
             if args["meta"]:
                 meta = _meta(command, args, summary, [portrait_path, driving] + ([audio] if audio else []))
                 with atomic_path(out.with_suffix(out.suffix + ".json"), True) as mtmp:
@@ -443,12 +494,13 @@ def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
 
             template = load_motion(topts.template)
         ref_mean = load_reference().mean
+        render = renderer_for(args) or render_video
         for portrait_path, out in zip(portraits, outs):
             try:
                 portrait = load_portrait(portrait_path, popts, reporter)
                 tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template)
                 with atomic_path(out, args["overwrite"]) as tmp:
-                    summary = render_video(portrait, tgt, fps, tmp, aopts, audio=track, reporter=reporter)
+                    summary = render(portrait, tgt, fps, tmp, aopts, track, reporter)
                     if args["meta"]:
                         inputs = [portrait_path, audio] + ([topts.template] if topts.template else [])
                         meta = _meta("audio2video", args, summary, inputs)

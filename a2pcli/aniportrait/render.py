@@ -1,0 +1,281 @@
+"""`--renderer aniportrait`: a2p's motion drawn as AniPortrait's landmark images, rendered by the
+diffusion sampler, streamed into the video.
+
+Every command ends in the same place as with the embedded renderer: per-frame target landmarks of
+the portrait (`retarget.Targets`: audio2video's lips and head motion, vid2vid's retargeted driver,
+pose2vid's stored motion). This module
+
+1. picks the output size: the portrait's aspect, the longer side `--size` (default 512), both sides
+   multiples of 8 (non-square works; AniPortrait swaps width and height in one resize, we do not);
+2. draws each frame's landmarks the way AniPortrait's FaceMeshVisualizer does (`draw.py`), scaled
+   from the portrait's pixels to the output size;
+3. runs the device preflight with this renderer's VRAM estimate *before* any weight is read;
+4. loads the weights (`weights.open_weights`: sha256-checked, strict keys) and builds the models;
+5. samples (`sampler.Pose2VideoSampler`: progress after every window of every step) and decodes the
+   latents a few frames at a time straight into the encoder, so host memory stays bounded.
+
+    render_video_aniportrait(portrait, targets, fps, output, AnimateOptions, DiffusionOptions, audio, reporter)
+    vram_estimate(width, height, dtype, low_vram) -> bytes
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from a2pcli.errors import InputError
+from a2pcli.progress import Reporter
+
+# AniPortrait's inference_v2.yaml `unet_additional_kwargs`: the denoising UNet's motion modules.
+INFERENCE_V2_UNET_KWARGS = {
+    "use_inflated_groupnorm": True,
+    "unet_use_cross_frame_attention": False,
+    "unet_use_temporal_attention": False,
+    "use_motion_module": True,
+    "motion_module_resolutions": [1, 2, 4, 8],
+    "motion_module_mid_block": True,
+    "motion_module_decoder_only": False,
+    "motion_module_type": "Vanilla",
+    "motion_module_kwargs": {
+        "num_attention_heads": 8,
+        "num_transformer_block": 1,
+        "attention_block_types": ["Temporal_Self", "Temporal_Self"],
+        "temporal_position_encoding": True,
+        "temporal_position_encoding_max_len": 32,
+        "temporal_attention_dim_div": 1,
+    },
+}
+SD15_BLOCKS = [320, 640, 1280, 1280]  # the released checkpoints' UNet width (full size)
+CHECKPOINTS = ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "pose_guider.pth", "vae",
+               "image_encoder")
+
+# Parameters of the full-size networks (fixture key lists; CLIP ViT-L/14 vision tower + projection,
+# sd-vae-ft-mse): what the weights occupy on the device.
+FULLSIZE_PARAMS = {
+    "reference_unet": 859_508_800,
+    "denoiser": 859_520_964 + 454_417_600,
+    "pose_guider": 167_528_848,
+    "vae": 83_653_863,
+    "image_encoder": 303_966_208,
+}
+# Activation memory per latent pixel and frame of one window (batch: 2 CFG rows x 16 frames), bytes
+# at 2-byte dtypes; calibrated on an H100 at 512x512 (benchmarks/README.md). `--low-vram` runs the CFG
+# rows one after the other and keeps only the denoiser and PoseGuider on the device while sampling.
+ACT_BYTES_PER_LATENT_PX_FRAME = 5200
+LOW_VRAM_ACT_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class DiffusionOptions:
+    steps: int = 25
+    cfg: float = 3.5
+    size: int = 512  # longer side of the output, px (multiple of 8)
+    seed: int = 42
+    dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on the CPU
+    low_vram: bool = False
+    weights: str | None = None  # a pretrained_model folder; None: the pulled/imported model
+    scheduler: str = "ddim"
+    compat: bool = True  # AniPortrait's numbers, quirks included (see config.AniPortraitConfig)
+    context_frames: int = 16
+    context_overlap: int = 4
+    decode_batch: int = 8
+
+
+def output_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(W, H) with the portrait's aspect, the longer side `size`, both multiples of 8 (at least 64)."""
+    if size % 8 or size < 64:
+        raise InputError(f"--size {size} must be a multiple of 8, at least 64", subject="--size",
+                         remedy="use 512 (AniPortrait's size), 384 or 768")
+    scale = size / max(width, height)
+    w = max(64, int(round(width * scale / 8)) * 8)
+    h = max(64, int(round(height * scale / 8)) * 8)
+    return w, h
+
+
+def landmark_images(landmarks: np.ndarray, src_size: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:
+    """(T, 478, >=2) landmarks in pixels of a `src_size` (W, H) image -> (T, H, W, 3) uint8 landmark
+    images at `out_size`, drawn as AniPortrait draws them (468 mesh points; irises are not drawn)."""
+    from a2pcli.aniportrait.draw import draw_landmarks
+
+    sx = out_size[0] / src_size[0]
+    sy = out_size[1] / src_size[1]
+    out = np.empty((len(landmarks), out_size[1], out_size[0], 3), np.uint8)
+    for i, lm in enumerate(landmarks):
+        xy = np.asarray(lm[:468, :2], np.float64) * (sx, sy)
+        out[i] = draw_landmarks(out_size, xy)
+    return out
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}[dtype]
+
+
+def vram_estimate(width: int, height: int, dtype: str = "fp16", low_vram: bool = False,
+                  context_frames: int = 16, cfg: bool = True) -> int:
+    """Peak GPU memory of a full-size render at (width, height), bytes: weights on the device plus the
+    activations of one window (independent of the clip's length: latents of the whole clip are
+    (4, N, H/8, W/8), a few MB a second)."""
+    b = _dtype_bytes(dtype)
+    params = FULLSIZE_PARAMS
+    if low_vram:
+        weights = (params["denoiser"] + params["pose_guider"]) * b
+    else:
+        weights = sum(params.values()) * b
+    latent_px = (width // 8) * (height // 8)
+    act = ACT_BYTES_PER_LATENT_PX_FRAME * latent_px * context_frames * (2 if cfg else 1) / 2 * (b / 2)
+    if low_vram:
+        act *= LOW_VRAM_ACT_SHARE
+    return int(weights + act + 0.5e9)  # + CUDA context and allocator slack
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[name]
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    return dtype
+
+
+def load_models(weights_source: str | None, dtype: str, device: str, reporter: Reporter | None = None):
+    """Open the weights (sha256 + strict keys) and build the five networks on `device`."""
+    import torch
+
+    from a2pcli.aniportrait.sampler import build_models
+    from a2pcli.aniportrait.weights import open_weights
+
+    reporter = reporter or Reporter()
+    w = open_weights(weights_source)
+    unet_cfg = w.config("unet_config")
+    # the shipped full-size key table describes the released checkpoints; a folder built for another
+    # UNet width (tests' tiny configs) is checked key by key by the strict model builders instead
+    w.fullsize = list(unet_cfg.get("block_out_channels", [])) == SD15_BLOCKS
+    configs = {
+        "unet_2d_and_3d_base": unet_cfg,
+        "unet3d_additional_kwargs": INFERENCE_V2_UNET_KWARGS,
+        "pose_guider": {"noise_latent_channels": int(unet_cfg["block_out_channels"][0]), "use_ca": True},
+        "vae_AutoencoderKL": w.config("vae_config"),
+        "clip_CLIPVisionConfig": w.config("image_encoder_config"),
+    }
+    reporter.stage("load weights", total=len(CHECKPOINTS))
+    state = {}
+    for name in CHECKPOINTS:
+        state[name] = w.state_dict(name)
+        reporter.advance(1)
+    models = build_models(configs, state, dtype=torch_dtype(dtype), device=device)
+    del state
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return models
+
+
+def sampler_config(dopts: DiffusionOptions, width: int, height: int, dtype: str):
+    """AniPortrait's numbers (its quirks included) with the exact savings on; `compat=False` takes the
+    clean alternatives: windows that do not wrap round to the first frames, pose images in [-1, 1] as
+    in training, and overlapping windows averaged without CFG too."""
+    from a2pcli.aniportrait.config import AniPortraitConfig
+
+    cfg = AniPortraitConfig(width=width, height=height, steps=dopts.steps, guidance_scale=dopts.cfg,
+                            seed=dopts.seed, dtype=dtype, scheduler=dopts.scheduler,
+                            context_frames=dopts.context_frames, context_overlap=dopts.context_overlap,
+                            vae_decode_batch=dopts.decode_batch)
+    if not dopts.compat:
+        cfg = cfg.replace(windows="no_wrap", pose_input_scale="unit", nocfg_overlap="mean")
+    return cfg.validate()
+
+
+def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopts: DiffusionOptions,
+                             audio=None, reporter: Reporter | None = None) -> dict:
+    """Render target landmarks `tgt` (retarget.Targets, pixels of portrait.image) with the diffusion
+    renderer into the video file `output` (a temp path from outputs.atomic_path)."""
+    from a2pcli.device import JobEstimate, preflight
+    from a2pcli.encode import VideoWriter
+
+    reporter = reporter or Reporter()
+    t0 = time.perf_counter()
+    n = len(tgt)
+    ph, pw = portrait.image.shape[:2]
+    width, height = output_size(pw, ph, dopts.size)
+    want = dopts.dtype
+    est_dtype = "fp16" if want == "auto" else want
+    need = vram_estimate(width, height, est_dtype, dopts.low_vram, dopts.context_frames, dopts.cfg > 1)
+    choice = preflight(opts.device, JobEstimate("aniportrait", vram_bytes=need))
+    dtype = resolve_dtype(want, choice.device)
+    vram = vram_estimate(width, height, dtype, dopts.low_vram, dopts.context_frames, dopts.cfg > 1) \
+        if choice.device.startswith("cuda") else 0
+    reporter.info(f"device: {choice.device} ({choice.name}); {choice.reason}; aniportrait renderer, {width}x{height}, "
+                  f"{dopts.steps} steps, cfg {dopts.cfg}, {dtype}"
+                  + (f", about {vram / 1e9:.1f} GB of GPU memory" if vram else ""))
+    if not choice.device.startswith("cuda"):
+        reporter.warn("the aniportrait renderer on the CPU takes minutes per frame at full size; use a GPU, "
+                      "or the embedded renderer (--renderer embedded)")
+
+    models = load_models(dopts.weights, dtype, choice.device, reporter)
+    t_load = time.perf_counter() - t0
+
+    reporter.stage("draw landmarks", total=1)
+    poses = landmark_images(tgt.landmarks, (pw, ph), (width, height))
+    reporter.advance(1)
+    ref_pose = landmark_images(portrait.face.landmarks[None], (pw, ph), (width, height))[0]
+
+    from a2pcli.aniportrait.sampler import Pose2VideoSampler
+    from a2pcli.aniportrait.vae import decode_latents
+
+    sampler = Pose2VideoSampler(models, sampler_config(dopts, width, height, dtype))
+    state = {"stage": None}
+
+    def progress(ev):
+        if ev.stage != "denoise":
+            return
+        if state["stage"] is None:
+            state["stage"] = "denoise"
+            reporter.stage("denoise", total=ev.steps * ev.windows)
+        reporter.advance(1)
+
+    t1 = time.perf_counter()
+    result = sampler(portrait.image, list(poses), ref_pose, width=width, height=height, steps=dopts.steps,
+                     guidance_scale=dopts.cfg, seed=dopts.seed, progress=progress, decode=False)
+    t_sample = time.perf_counter() - t1
+
+    reporter.stage("decode and encode", total=n)
+    t2 = time.perf_counter()
+    latents = result.latents
+    k = max(1, int(dopts.decode_batch))
+    with VideoWriter(output, (width, height), fps, crf=opts.crf, audio=audio, frames_dir=opts.frames_dir) as writer:
+        for start in range(0, n, k):
+            video = decode_latents(models.vae, latents[:, :, start:start + k], batch=k)
+            frames = (video[0].permute(1, 2, 3, 0).float().cpu().numpy() * 255).astype(np.uint8)
+            writer.write_batch(frames)
+            reporter.advance(frames.shape[0])
+    t_decode = time.perf_counter() - t2
+    peak = 0
+    if choice.device.startswith("cuda"):
+        import torch
+
+        peak = torch.cuda.max_memory_allocated(choice.device)
+    elapsed = time.perf_counter() - t0
+    return {
+        "frames": n,
+        "fps": fps,
+        "duration_s": round(n / fps, 3),
+        "size": [width, height],
+        "device": choice.device,
+        "renderer": "aniportrait",
+        "steps": dopts.steps,
+        "cfg": dopts.cfg,
+        "dtype": dtype,
+        "windows": len(result.windows),
+        "vram_estimate_gb": round(vram / 1e9, 2),
+        "vram_peak_gb": round(peak / 1e9, 2),
+        "audio": None if audio is None else str(audio.path),
+        "notes": [],
+        "timings_s": {"load": round(t_load, 3), "sample": round(t_sample, 3), "decode_and_encode": round(t_decode, 3)},
+        "elapsed_s": round(elapsed, 3),
+        "frames_per_s": round(n / max(elapsed, 1e-9), 2),
+    }
