@@ -183,9 +183,17 @@ def check_gpu(index: int, driver_version: str | None = None) -> Check:
         "total_bytes": gpu.total_bytes,
         "free_bytes": gpu.free_bytes,
     }
+    from a2pcli.aniportrait.render import vram_estimate  # numpy only at import: no torch, no diffusers
+
+    need, need_low = vram_estimate(512, 512, "fp16"), vram_estimate(512, 512, "fp16", low_vram=True)
+    data["aniportrait_512_bytes"] = need
+    data["aniportrait_512_low_vram_bytes"] = need_low
+    fits = ("fits" if gpu.free_bytes >= need else "fits with --low-vram" if gpu.free_bytes >= need_low
+            else "does not fit")
     summary = (
         f"{gpu.name}, sm_{cap.replace('.', '')}, {device.format_gb(gpu.free_bytes)} free of "
-        f"{device.format_gb(gpu.total_bytes)}, driver {data['driver_version'] or '?'}"
+        f"{device.format_gb(gpu.total_bytes)}, driver {data['driver_version'] or '?'}; the aniportrait renderer at "
+        f"512x512 needs about {device.format_gb(need)} ({device.format_gb(need_low)} with --low-vram): {fits}"
     )
     blocker = device.gpu_blocker(gpu)
     if blocker:

@@ -115,6 +115,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     ap.add_argument("--compat", action="store_true", help="AniPortrait's own loop, without the exact savings")
+    ap.add_argument("--low-vram", action="store_true", help="guidance halves one after the other, idle models on the CPU")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC weights for the convolution-heavy networks")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning")
     ap.add_argument("--pose", type=Path)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeat", type=int, default=1, help="time the whole render this many times (first = warm-up)")
@@ -141,7 +144,11 @@ def main() -> int:
     poses = pose_frames(args.frames, args.size, args.pose)
     ref = Image.open(ROOT / "examples" / "astronaut.jpg").convert("RGB")
     cfg = AniPortraitConfig.compat() if args.compat else AniPortraitConfig()
-    cfg = cfg.replace(width=args.size, height=args.size, steps=args.steps, guidance_scale=args.cfg, dtype=args.dtype)
+    cfg = cfg.replace(width=args.size, height=args.size, steps=args.steps, guidance_scale=args.cfg, dtype=args.dtype,
+                      sequential_cfg=args.low_vram, offload=args.low_vram)
+    from a2pcli.aniportrait.runtime import speed_settings
+
+    speed_settings(models, channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark)
     sampler = Pose2VideoSampler(models, cfg)
     runs = []
     for r in range(args.repeat):
@@ -179,13 +186,15 @@ def main() -> int:
         "torch": torch.__version__,
         "settings": {"frames": args.frames, "size": args.size, "steps": args.steps, "cfg": args.cfg,
                      "dtype": args.dtype, "windows": len(res.windows), "compat_loop": args.compat,
+                     "low_vram": args.low_vram, "channels_last": args.channels_last,
+                     "cudnn_benchmark": args.cudnn_benchmark,
                      "context": [cfg.context_frames, cfg.context_overlap]},
         "build_s": round(t_build, 1),
         "runs": runs,
     }
     if cuda:
         out["vram"] = {"weights_gb": round(weights_gb, 2), "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
-                       "estimate_gb": round(vram_estimate(args.size, args.size, args.dtype) / 1e9, 2)}
+                       "estimate_gb": round(vram_estimate(args.size, args.size, args.dtype, args.low_vram) / 1e9, 2)}
     print(json.dumps(out, indent=1))
     return 0
 

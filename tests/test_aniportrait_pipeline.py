@@ -266,6 +266,8 @@ def _run_once(models, variant: str, mode: str):
                   guidance_scale=v["cfg"], bank_fp16_round=v["bank_fp16_rounding"])
     if mode == "compat":
         cfg = AniPortraitConfig.compat(**common)
+    elif mode == "low_vram":
+        cfg = AniPortraitConfig(**common, sequential_cfg=True, offload=True)
     else:
         cfg = AniPortraitConfig(**common, reference_cond_only=True, pose_cache=True, vae_decode_batch=4)
     events = []
@@ -326,6 +328,12 @@ def test_sampler_savings_stay_within_tolerance_of_compat(models):
     fx.close(result.latents.numpy(), compat.latents.numpy(), rel=SAVINGS_TOL, what="savings vs compat")
     np.testing.assert_allclose(result.video.numpy(), compat.video.numpy(), rtol=0, atol=2e-7)
     assert len([e for e in events if e.stage == "decode"]) == 5  # 20 frames, 4 per call
+
+
+def test_low_vram_sequencing_gives_the_same_video(models):
+    """--low-vram: the guidance halves as two batch-1 calls (offloading is a no-op on the CPU)."""
+    result, _ = _run(models, "bank64", "low_vram")
+    _check_run(result, "bank64", SAVINGS_TOL)
 
 
 def test_initial_noise_is_the_pipelines_draw(models):

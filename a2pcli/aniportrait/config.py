@@ -123,6 +123,15 @@ class AniPortraitConfig:
     vae_decode_batch: int = 8
     """Frames per VAE decode call; 1 is the original's one-frame-at-a-time loop."""
 
+    # ---- memory (`--low-vram`): same numbers, less GPU memory, a little slower ------------------
+    sequential_cfg: bool = False
+    """Run the uncond and cond halves of each window as two denoiser calls of batch 1 instead of one
+    of batch 2 (the uncond half never reads the reference, so the results are the same)."""
+    offload: bool = False
+    """Move the CLIP encoder, the reference UNet and the VAE to the CPU once the reference is
+    written (the VAE comes back to decode): only the denoiser and the PoseGuider stay on the GPU
+    while sampling."""
+
     # --------------------------------------------------------------------------------------------
     @classmethod
     def compat(cls, **overrides) -> "AniPortraitConfig":

@@ -64,8 +64,9 @@ FULLSIZE_PARAMS = {
 # Activation memory per latent pixel and frame of one window (batch: 2 CFG rows x 16 frames), bytes
 # at 2-byte dtypes; calibrated on an H100 at 512x512 (benchmarks/README.md). `--low-vram` runs the CFG
 # rows one after the other and keeps only the denoiser and PoseGuider on the device while sampling.
-ACT_BYTES_PER_LATENT_PX_FRAME = 5200
-LOW_VRAM_ACT_SHARE = 0.5
+ACT_BYTES_PER_LATENT_PX_FRAME = 34_000  # per latent pixel, frame and guidance row: 4.46 GB at 512x512 fp16, 2 x 16 frames
+REFERENCE_PASS_BYTES_PER_LATENT_PX = 110_000  # CLIP + reference write on top of all weights (low-vram peak)
+SLACK_BYTES = 300_000_000  # allocator slack
 
 
 @dataclass(frozen=True)
@@ -115,20 +116,21 @@ def _dtype_bytes(dtype: str) -> int:
 
 def vram_estimate(width: int, height: int, dtype: str = "fp16", low_vram: bool = False,
                   context_frames: int = 16, cfg: bool = True) -> int:
-    """Peak GPU memory of a full-size render at (width, height), bytes: weights on the device plus the
-    activations of one window (independent of the clip's length: latents of the whole clip are
-    (4, N, H/8, W/8), a few MB a second)."""
+    """Peak GPU memory of a full-size render at (width, height), bytes (independent of the clip's
+    length: the latents of the whole clip are (4, N, H/8, W/8), a few MB a second). Normal: every
+    network on the device plus one window's activations. `--low-vram`: the larger of the start (every
+    network, the reference pass) and sampling (denoiser and PoseGuider, one guidance half at a time).
+    Measured on an H100 at 512x512 fp16: 9.94 GB (estimate 10.22), low-vram 5.92 GB (estimate 6.21)."""
     b = _dtype_bytes(dtype)
-    params = FULLSIZE_PARAMS
-    if low_vram:
-        weights = (params["denoiser"] + params["pose_guider"]) * b
-    else:
-        weights = sum(params.values()) * b
+    p = FULLSIZE_PARAMS
+    every = sum(p.values()) * b
     latent_px = (width // 8) * (height // 8)
-    act = ACT_BYTES_PER_LATENT_PX_FRAME * latent_px * context_frames * (2 if cfg else 1) / 2 * (b / 2)
-    if low_vram:
-        act *= LOW_VRAM_ACT_SHARE
-    return int(weights + act + 0.5e9)  # + CUDA context and allocator slack
+    act = ACT_BYTES_PER_LATENT_PX_FRAME * latent_px * context_frames * (2 if cfg else 1) * (b / 2)
+    if not low_vram:
+        return int(every + act + SLACK_BYTES)
+    start = every + REFERENCE_PASS_BYTES_PER_LATENT_PX * latent_px * (b / 2)
+    sampling = (p["denoiser"] + p["pose_guider"]) * b + act / (2 if cfg else 1)
+    return int(max(start, sampling) + SLACK_BYTES)
 
 
 def torch_dtype(name: str):
@@ -184,7 +186,8 @@ def sampler_config(dopts: DiffusionOptions, width: int, height: int, dtype: str)
     cfg = AniPortraitConfig(width=width, height=height, steps=dopts.steps, guidance_scale=dopts.cfg,
                             seed=dopts.seed, dtype=dtype, scheduler=dopts.scheduler,
                             context_frames=dopts.context_frames, context_overlap=dopts.context_overlap,
-                            vae_decode_batch=dopts.decode_batch)
+                            vae_decode_batch=dopts.decode_batch, sequential_cfg=dopts.low_vram,
+                            offload=dopts.low_vram)
     if not dopts.compat:
         cfg = cfg.replace(windows="no_wrap", pose_input_scale="unit", nocfg_overlap="mean")
     return cfg.validate()
@@ -217,6 +220,9 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
                       "or the embedded renderer (--renderer embedded)")
 
     models = load_models(dopts.weights, dtype, choice.device, reporter)
+    from a2pcli.aniportrait.runtime import speed_settings
+
+    speed_settings(models)
     t_load = time.perf_counter() - t0
 
     reporter.stage("draw landmarks", total=1)

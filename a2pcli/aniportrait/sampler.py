@@ -182,6 +182,27 @@ class Pose2VideoSampler:
         except ValueError as e:
             raise InputError(str(e), subject="pose images") from None
 
+    def swap_for_decode(self) -> None:
+        """With `offload`: denoiser and PoseGuider off the GPU, the VAE back on it."""
+        m = self.models
+        device = m.device
+        if device.type != "cuda":
+            return
+        m.denoiser.to("cpu")
+        m.pose_guider.to("cpu")
+        torch.cuda.empty_cache()
+        m.vae.to(device)
+        self._device = device
+
+    def restore(self) -> None:
+        """Every network back on the sampling device (after an offloaded run)."""
+        device = getattr(self, "_device", None)
+        if device is None:
+            return
+        for net in (self.models.denoiser, self.models.pose_guider, self.models.image_encoder,
+                    self.models.reference_unet, self.models.vae):
+            net.to(device)
+
     def initial_noise(self, num_frames: int, height: int, width: int, seed: int) -> torch.Tensor:
         """torch.randn((1, 4, N, H/8, W/8)) from torch.manual_seed(seed), drawn on CPU in the model
         dtype (diffusers' randn_tensor with a CPU generator)."""
@@ -199,6 +220,7 @@ class Pose2VideoSampler:
         """Render N frames from a reference image (PIL or uint8 RGB) and N pose images (uint8
         (H, W, 3), channel order as drawn). `ref_pose` is accepted for the original's signature and
         has no effect (the PoseGuider ignores it). Arguments left None come from the config."""
+        self.restore()
         cfg = self.config
         width = int(width or cfg.width)
         height = int(height or cfg.height)
@@ -262,6 +284,10 @@ class Pose2VideoSampler:
                                fp16_round=cfg.bank_fp16_round, cond_only=cfg.reference_cond_only)
         if trace:
             rec["bank"] = bank
+        if cfg.offload and device.type == "cuda":
+            for net in (m.image_encoder, m.reference_unet, m.vae):
+                net.to("cpu")
+            torch.cuda.empty_cache()
 
         # 6. windows
         windows = context_windows(n, cfg.context_frames, cfg.context_overlap, cfg.context_stride, cfg.windows)
@@ -298,7 +324,13 @@ class Pose2VideoSampler:
                 x = latents[:, :, window].repeat(rows, 1, 1, 1, 1)
                 x = scheduler.scale_model_input(x, t)
                 fea = pose_features(window)
-                pred = m.denoiser(x, t, ehs, fea, bank, do_cfg)
+                if do_cfg and cfg.sequential_cfg:
+                    pred = torch.cat([
+                        m.denoiser(x[:1], t, ehs[:1], [f[:1] for f in fea], None, False),
+                        m.denoiser(x[1:], t, ehs[1:], [f[-1:] for f in fea], bank, False),
+                    ])
+                else:
+                    pred = m.denoiser(x, t, ehs, fea, bank, do_cfg)
                 noise_pred[:, :, window] = noise_pred[:, :, window] + pred
                 counter[:, :, window] = counter[:, :, window] + 1
                 if trace:
@@ -324,6 +356,8 @@ class Pose2VideoSampler:
 
         # 10. decode
         video = None
+        if cfg.offload and device.type == "cuda":
+            self.swap_for_decode()
         if decode:
             total = latents.shape[2]
 
