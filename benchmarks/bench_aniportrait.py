@@ -118,6 +118,7 @@ def main() -> int:
     ap.add_argument("--low-vram", action="store_true", help="guidance halves one after the other, idle models on the CPU")
     ap.add_argument("--channels-last", action="store_true", help="NHWC weights for the convolution-heavy networks")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser (first run pays the compile)")
     ap.add_argument("--pose", type=Path)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeat", type=int, default=1, help="time the whole render this many times (first = warm-up)")
@@ -149,6 +150,8 @@ def main() -> int:
     from a2pcli.aniportrait.runtime import speed_settings
 
     speed_settings(models, channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark)
+    if args.compile:
+        models.denoiser = torch.compile(models.denoiser)
     sampler = Pose2VideoSampler(models, cfg)
     runs = []
     for r in range(args.repeat):
@@ -187,7 +190,7 @@ def main() -> int:
         "settings": {"frames": args.frames, "size": args.size, "steps": args.steps, "cfg": args.cfg,
                      "dtype": args.dtype, "windows": len(res.windows), "compat_loop": args.compat,
                      "low_vram": args.low_vram, "channels_last": args.channels_last,
-                     "cudnn_benchmark": args.cudnn_benchmark,
+                     "cudnn_benchmark": args.cudnn_benchmark, "compile": args.compile,
                      "context": [cfg.context_frames, cfg.context_overlap]},
         "build_s": round(t_build, 1),
         "runs": runs,
