@@ -97,6 +97,7 @@ def test_audio2video_aniportrait_tiny_end_to_end(tiny_folder, speech_1s, tmp_pat
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     denoise = [e for e in events if e.get("stage") == "denoise"]
     assert denoise, "no progress from the denoising loop"
+    assert any("eta_s" in e for e in denoise), "no ETA in the denoising progress"
     frames = _frames(out)
     assert frames.shape == (25, 64, 64, 3)
     assert frames.std() > 1.0  # decoded pictures, not a constant

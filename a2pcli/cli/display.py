@@ -32,6 +32,7 @@ class JsonSink:
         if kind == "stage":
             _emit_json({"event": "progress", "stage": ev["stage"], "value": 0.0, "done": 0, "total": ev["total"]})
             self._last = time.monotonic()
+            self._stage_t0 = self._last
         elif kind == "progress":
             now = time.monotonic()
             total = ev["total"]
@@ -40,7 +41,11 @@ class JsonSink:
                 return
             self._last = now
             value = min(1.0, ev["done"] / total) if total else None
-            _emit_json({"event": "progress", "stage": ev["stage"], "value": value, "done": ev["done"], "total": total})
+            out = {"event": "progress", "stage": ev["stage"], "value": value, "done": ev["done"], "total": total}
+            if total and ev["done"] > 0:  # linear extrapolation of the stage so far
+                spent = now - getattr(self, "_stage_t0", self.t0)
+                out["eta_s"] = round(spent / ev["done"] * max(0, total - ev["done"]), 1)
+            _emit_json(out)
         else:
             _emit_json({"event": kind, "message": ev.get("message", "")})
 
