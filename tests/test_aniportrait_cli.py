@@ -161,3 +161,19 @@ def test_vram_estimate_and_output_size():
     low = vram_estimate(512, 512, "fp16", low_vram=True)
     assert low < full <= 12e9
     assert low <= 8e9
+
+
+@pytest.mark.slow
+def test_pose2vid_aniportrait_tiny_follows_a_template(tiny_folder, tmp_path):
+    """pose2vid takes the same renderer: an AniPortrait head-pose template, cut to 20 frames."""
+    from pathlib import Path
+
+    template = np.load(Path(__file__).resolve().parents[1] / "examples" / "head_motion.npy")[:20]
+    motion = tmp_path / "turn.npy"
+    np.save(motion, template)
+    out = tmp_path / "turn.mp4"
+    proc = run_a2p("pose2vid", media("sadtalker_happy.png"), motion, "-o", out, "--renderer", "aniportrait",
+                   "--weights", tiny_folder, "--steps", "2", "--size", "64", "--device", "cpu", "--json", check=0)
+    summary = json.loads(proc.stdout)
+    assert summary["renderer"] == "aniportrait" and summary["frames"] == 20
+    assert _frames(out).shape == (20, 64, 64, 3)
