@@ -83,21 +83,6 @@ def inputs(tmp_path) -> Path:
     return tmp_path
 
 
-NOT_AVAILABLE_RUNS = [
-    ["audio2video", "face.png", "other.png", "speech.wav", "--motion", "aniportrait"],
-]
-
-
-@pytest.mark.parametrize("argv", NOT_AVAILABLE_RUNS, ids=" ".join)
-def test_stub_says_not_available(capsys, monkeypatch, inputs, argv):
-    monkeypatch.chdir(inputs)
-    code, out, err = a2p(capsys, *argv)
-    assert code == EXIT_NOT_AVAILABLE, err
-    assert out == ""
-    assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith("error: ") and "not available yet" in err and a2pcli.__version__ in err
-
-
 BAD_INPUT_RUNS = [  # (argv, text the error must contain)
     (["audio2video", "face.png", "missing.wav"], "missing.wav"),
     (["audio2video", "missing.png", "speech.wav"], "missing.png"),
@@ -107,6 +92,8 @@ BAD_INPUT_RUNS = [  # (argv, text the error must contain)
     (["audio2video", "face.png"], "audio"),
     (["audio2video", "face.png", "speech.wav", "--batch-size", "lots"], "--batch-size"),
     (["audio2video", "face.png", "speech.wav", "--template-region", "lips"], "--template-region"),
+    # AniPortrait's audio2mesh/audio2pose landmarks are drawn for the diffusion renderer only
+    (["audio2video", "face.png", "speech.wav", "--motion", "aniportrait"], "--renderer aniportrait"),
     (["audio2video", "face.png", "other.png", "speech.wav", "-o", "one.mp4"], "one.mp4"),
     (["vid2vid", "face.png", "missing.mp4"], "missing.mp4"),
     (["vid2vid", "missing.png", "drive.mp4"], "missing.png"),

@@ -1,7 +1,8 @@
 """`a2p audio2video`, `a2p vid2vid`, `a2p pose2vid`: the render commands.
 
-pose2vid and vid2vid render with the embedded renderer. audio2video and the aniportrait renderer check
-their inputs (missing file -> exit 2, naming it) and then say that they are not available yet (exit 5).
+Each renders with the embedded renderer or, with `--renderer aniportrait`, AniPortrait's diffusion renderer.
+audio2video's motion comes from a2p's audio2motion model or, with `--motion aniportrait` (diffusion renderer
+only), from AniPortrait's audio2mesh and audio2pose (a2pcli/aniportrait/motion.py).
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ def audio2video(
     motion: Annotated[
         MotionModel,
         typer.Option("--motion", help="Speech-to-motion: a2p (the shipped audio2motion model, see --model) or "
-                     "aniportrait (AniPortrait's audio2mesh and audio2pose)."),
+                     "aniportrait (AniPortrait's audio2mesh and audio2pose, from the --weights folder; needs "
+                     "--renderer aniportrait)."),
     ] = MotionModel.a2p,
     steps: Steps = DEFAULT_STEPS,
     cfg: Cfg = DEFAULT_CFG,
@@ -264,8 +266,9 @@ def audio2video(
     check_model(model)
     plan_outputs(portraits, audio, output, overwrite)
     check_renderer(locals())
-    if motion is not MotionModel.a2p:
-        raise not_available("audio2video", "AniPortrait's audio2mesh and audio2pose (--motion aniportrait)")
+    if motion is MotionModel.aniportrait and renderer is not Renderer.aniportrait:
+        raise InputError("AniPortrait's audio2mesh/audio2pose landmarks need the diffusion renderer",
+                         subject="--motion aniportrait", remedy="add --renderer aniportrait, or use --motion a2p")
     run_talk(locals(), portraits, audio)
 
 
@@ -484,21 +487,35 @@ def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
         samples = load_audio(audio, SAMPLE_RATE)
         n = max(1, int(round(len(samples) / SAMPLE_RATE * fps)))
         reporter.stage("speech to motion", total=None)
-        from a2pcli.audio2motion import load_model
+        speech = template = lips = None
+        if args.get("motion") is MotionModel.aniportrait:  # AniPortrait's audio2mesh + audio2pose
+            from a2pcli.aniportrait.motion import load_pose_template, speech_motion
 
-        a2m = load_model(args["model"])
-        lips = a2m.predict(samples, fps, n)
-        template = None
-        if topts.template is not None:
-            from a2pcli.motion import load_motion
+            speech = speech_motion(samples, args["weights"], args["seed"],
+                                   load_pose_template(topts.template) if topts.template is not None else None,
+                                   topts.still, topts.pose_scale, topts.expression_scale, args["device"], reporter)
+        else:
+            from a2pcli.audio2motion import load_model
 
-            template = load_motion(topts.template)
+            a2m = load_model(args["model"])
+            lips = a2m.predict(samples, fps, n)
+            if topts.template is not None:
+                from a2pcli.motion import load_motion
+
+                template = load_motion(topts.template)
         ref_mean = load_reference().mean
         render = renderer_for(args) or render_video
         for portrait_path, out in zip(portraits, outs):
             try:
                 portrait = load_portrait(portrait_path, popts, reporter)
-                tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template)
+                if speech is not None:
+                    h, w = portrait.image.shape[:2]
+                    tgt, notes = speech.targets(portrait.face.landmarks, w, h, fps, n), list(speech.notes)
+                    if topts.template is not None and topts.template_region != "pose":
+                        notes.append("--motion aniportrait takes only the head pose from --pose: "
+                                     "--template-region is ignored")
+                else:
+                    tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template)
                 with atomic_path(out, args["overwrite"]) as tmp:
                     summary = render(portrait, tgt, fps, tmp, aopts, track, reporter)
                     if args["meta"]:
