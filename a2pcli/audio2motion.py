@@ -10,9 +10,9 @@ exactly zero elsewhere; it is relative to a CLOSED mouth at rest, so silence giv
 portrait keeps its own closed mouth.
 
 How: normalised log-mel features (a2pcli.features, 100 Hz) -> a temporal conv net (a strided input conv
-to 50 Hz, dilated residual blocks that see about +-0.6 s of speech) -> N_CODES coefficients of a linear
-basis of lower-face landmark displacements (learnt from talking videos, stored with the weights) ->
-linear resampling to the video's frame times -> expansion to the 478 landmarks.
+to 50 Hz, dilated residual blocks that see about +-0.6 s of speech, optionally a bidirectional GRU) ->
+N_CODES coefficients of a linear basis of lower-face landmark displacements (learnt from talking videos,
+stored with the weights) -> linear resampling to the video's frame times -> expansion to the 478 landmarks.
 
 A model folder holds `config.json` (this module's A2MConfig, the feature settings it was trained with,
 and `meta`: training data and metrics) and `model.safetensors` (network weights, the basis `basis`
@@ -40,6 +40,7 @@ FORMAT_VERSION = 1
 INPUT_STRIDE = 2  # the input conv halves the 100 Hz feature rate
 CODE_RATE = features.FRAME_RATE / INPUT_STRIDE  # 50 codes a second
 CHUNK_CODES = 3000  # codes computed per network call (60 s): bounded memory for any length
+RNN_CONTEXT_CODES = 50  # the GRU's working context each side (1 s), see A2MConfig.context_codes
 VERIFY_HINT = "run `a2p models verify` (registry models), or re-export the model folder with `a2p train audio2motion`"
 # lower-face region: landmarks whose y in the reference face (face units, y down) is at or below
 # REGION_Y_FULL move freely; between REGION_Y_START (the nose tip) and REGION_Y_FULL (the base of the
@@ -69,11 +70,14 @@ class A2MConfig:
     gate_quiet_db: float = 40.0  # pause gate: frames this far below the speech level are quiet (0: off)
     gate_hold_s: float = 0.2  # speech activity extends this long on both sides (anticipation and release)
     gate_ramp_s: float = 0.1  # the gate fades over this long
+    rnn: int = 0  # hidden size (each direction) of a bidirectional GRU over the conv features (0: none)
 
     @property
     def context_codes(self) -> int:
-        """How many 50 Hz code frames each side one output sees (the receptive field's half-width)."""
-        return 1 + sum(d * (self.kernel - 1) // 2 for d in self.dilations)
+        """How many 50 Hz code frames each side one output sees (the receptive field's half-width). With
+        the GRU the receptive field is unbounded; RNN_CONTEXT_CODES more are taken as its working context
+        (training-crop margins, chunk overlap at inference)."""
+        return 1 + sum(d * (self.kernel - 1) // 2 for d in self.dilations) + (RNN_CONTEXT_CODES if self.rnn else 0)
 
     @staticmethod
     def from_dict(d: dict) -> A2MConfig:
@@ -123,6 +127,20 @@ def build_network(cfg: A2MConfig):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x + self.drop(self.proj(self.act(self.conv(self.norm(x)))))
 
+    class Recurrent(nn.Module):
+        """A residual bidirectional GRU over the frames: x (B, C, T) -> (B, C, T)."""
+
+        def __init__(self, c: int, h: int, p: float):
+            super().__init__()
+            self.norm = nn.LayerNorm(c)
+            self.gru = nn.GRU(c, h, batch_first=True, bidirectional=True)
+            self.proj = nn.Linear(2 * h, c)
+            self.drop = nn.Dropout(p)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, _ = self.gru(self.norm(x.transpose(1, 2)))
+            return x + self.drop(self.proj(y)).transpose(1, 2)
+
     class A2MNet(nn.Module):
         """x: (B, n_mels, T100) normalised features -> (B, n_codes, ceil(T100 / 2)) codes at 50 Hz."""
 
@@ -130,11 +148,15 @@ def build_network(cfg: A2MConfig):
             super().__init__()
             self.inp = nn.Conv1d(c.n_mels, c.channels, 5, stride=INPUT_STRIDE, padding=2)
             self.blocks = nn.Sequential(*[Block(c.channels, c.kernel, d, c.dropout) for d in c.dilations])
+            self.rnn = Recurrent(c.channels, c.rnn, c.dropout) if c.rnn else None
             self.norm = ChannelNorm(c.channels)
             self.out = nn.Conv1d(c.channels, c.n_codes, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(self.norm(self.blocks(self.inp(x))))
+            h = self.blocks(self.inp(x))
+            if self.rnn is not None:
+                h = self.rnn(h)
+            return self.out(self.norm(h))
 
     return A2MNet(cfg)
 

@@ -90,10 +90,13 @@ class Preset:
     warp: float = 0.08  # vocal-tract-length warp of the mel axis, factors in [1 - warp, 1 + warp]
     noise_prob: float = 0.5  # share of clips given background noise each epoch
     snr_db: tuple[float, float] = (8.0, 40.0)
+    freq_masks: int = 0  # SpecAugment: this many bands of random width (up to freq_mask_bands) zeroed per crop
+    freq_mask_bands: int = 0
     loss_codes: float = 1.0  # weights of the loss terms
     loss_gap: float = 1.0
     loss_velocity: float = 0.5
     loss_corr: float = 0.2  # 1 - concordance of the lip gap per crop (correlation and spread)
+    loss_pearson: float = 0.0  # 1 - Pearson correlation of the lip gap per crop (timing and shape only)
     grad_clip: float = 1.0
     ema_decay: float = 0.995  # validation and export use an exponential moving average of the weights (0: off)
     calibrate_spread: bool = True  # scale the output so the training clips' mouth-opening spread matches
@@ -103,7 +106,11 @@ PRESETS = {
     "tiny": Preset(model=A2MConfig(channels=32, dilations=(1, 2, 4), n_codes=8, dropout=0.0), epochs=2,
                    batch_size=4, lr=2e-3, crop_s=1.0, warmup_steps=2, steps_per_epoch=3, max_clip_s=2.0,
                    val_share=0.5, ema_decay=0.5),
-    "default": Preset(model=A2MConfig(), epochs=120, batch_size=32, lr=1e-3),
+    # the shipped model's recipe (models/audio2motion/README.md): a wider net, a high learning rate, long
+    # speakers sampled down hard, and a loss led by the lip gap's per-crop concordance (correlation and
+    # level: the mouth must still close between syllables)
+    "default": Preset(model=A2MConfig(channels=192), epochs=70, batch_size=32, lr=2e-3, speaker_cap_s=60.0,
+                      loss_codes=0.2, loss_gap=1.0, loss_velocity=0.1, loss_corr=3.0),
 }
 
 
@@ -420,6 +427,10 @@ def make_batch(clips: list[ClipData], ed: EpochData, idx: np.ndarray, rng: np.ra
         pos50 = start + np.arange(n_codes) * rate
         pos100 = ed.pad + INPUT_STRIDE * (start - margin * rate) + np.arange(n_in) * rate
         x[b] = _interp_rows(ed.feats[ci], np.clip(pos100, 0, len(ed.feats[ci]) - 1))
+        for _ in range(p.freq_masks if p.freq_mask_bands else 0):
+            w = int(rng.integers(0, p.freq_mask_bands + 1))
+            f0 = int(rng.integers(0, nb - w + 1))
+            x[b, :, f0 : f0 + w] = 0.0  # the speech-frame mean of the band (features are mean-normalised)
         inside = (pos50 >= 0) & (pos50 <= len(c.codes) - 1)
         y[b] = _interp_rows(c.codes, np.clip(pos50, 0, len(c.codes) - 1))
         g[b] = _interp_rows(c.gap, np.clip(pos50, 0, len(c.codes) - 1))
@@ -460,11 +471,15 @@ def compute_loss(pred, codes, gap, mask, gap_dir, scales: dict, p: Preset) -> Lo
         nn_ = n.clamp(min=1)
         cov, var_p, var_t = (a * b).sum(1) / nn_, (a**2).sum(1) / nn_, (b**2).sum(1) / nn_
         ccc = 2 * cov / (var_p + var_t + (mu_p - mu_t) ** 2 + 1e-10)  # concordance: correlation and spread
+        pearson = cov / torch.sqrt(var_p * var_t + 1e-20)
         keep = ok & (var_t > 1e-8)
         l_corr = (1 - ccc[keep]).mean() if keep.any() else pred.sum() * 0
+        l_pear = (1 - pearson[keep]).mean() if keep.any() else pred.sum() * 0
     else:
-        l_corr = pred.sum() * 0
+        l_corr = l_pear = pred.sum() * 0
     total = p.loss_codes * l_codes + p.loss_gap * l_gap + p.loss_velocity * l_vel + p.loss_corr * l_corr
+    if p.loss_pearson:
+        total = total + p.loss_pearson * l_pear
     return LossParts(total, float(l_codes.detach()), float(l_gap.detach()), float(l_vel.detach()), float(l_corr.detach()))
 
 
