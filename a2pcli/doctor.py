@@ -409,7 +409,12 @@ def check_model(entry) -> Check:
     if state == registry.MISSING:
         if entry.embedded:
             return Check(name, FAIL, f"embedded model missing: {'; '.join(bad)}", "reinstall a2p", data)
-        return Check(name, WARN, f"not in the cache: {'; '.join(bad)}", f"a2p models pull {entry.name}", data)
+        missing = [s for s in statuses if s.status != registry.PRESENT]
+        if len(missing) == len(statuses):  # never pulled: no need to list every file
+            what = f"not pulled yet (none of its {len(statuses)} files are in the cache)"
+        else:
+            what = f"not complete in the cache: {'; '.join(bad)}"
+        return Check(name, WARN, what, f"a2p models pull {entry.name}", data)
     remedy = "reinstall a2p" if entry.embedded else f"a2p models verify {entry.name}, then a2p models pull {entry.name}"
     return Check(name, FAIL, f"hash mismatch: {'; '.join(bad)}", remedy, data)
 
