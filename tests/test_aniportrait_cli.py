@@ -177,3 +177,14 @@ def test_pose2vid_aniportrait_tiny_follows_a_template(tiny_folder, tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["renderer"] == "aniportrait" and summary["frames"] == 20
     assert _frames(out).shape == (20, 64, 64, 3)
+
+
+@pytest.mark.slow
+def test_fewer_steps_with_dpmpp_and_the_clean_alternatives(tiny_folder, speech_1s, tmp_path):
+    out = tmp_path / "clean.mp4"
+    proc = run_a2p("audio2video", media("sadtalker_happy.png"), speech_1s, "-o", out, "--renderer", "aniportrait",
+                   "--weights", tiny_folder, "--steps", "2", "--size", "64", "--device", "cpu", "--scheduler", "dpmpp",
+                   "--clean", "--json", check=0)
+    summary = json.loads(proc.stdout)
+    assert summary["frames"] == 25 and summary["windows"] == 2  # windows that do not wrap: [0..15], [9..24]
+    assert _frames(out).shape == (25, 64, 64, 3)

@@ -274,6 +274,8 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
         "device": choice.device,
         "renderer": "aniportrait",
         "steps": dopts.steps,
+        "scheduler": dopts.scheduler,
+        "quirks": "aniportrait" if dopts.compat else "clean",
         "cfg": dopts.cfg,
         "dtype": dtype,
         "windows": len(result.windows),

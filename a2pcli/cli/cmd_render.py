@@ -109,6 +109,15 @@ Weights = Annotated[
     typer.Option("--weights", help="aniportrait renderer: an AniPortrait pretrained_model folder to use in place "
                  "(default: the model from `a2p models pull aniportrait` or `a2p models import`)."),
 ]
+SchedulerOpt = Annotated[
+    str, typer.Option("--scheduler", help="aniportrait renderer: ddim (AniPortrait's), or dpmpp / unipc for fewer --steps "
+                      "(not the same numbers as ddim).")
+]
+Clean = Annotated[
+    bool, typer.Option("--clean", help="aniportrait renderer: the clean alternatives to AniPortrait's quirks: windows "
+                       "that do not wrap round to the first frames, pose images in [-1, 1] as in training, overlapping "
+                       "windows averaged without guidance too (default: AniPortrait's own numbers).")
+]
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="aniportrait renderer: auto (fp16 on a GPU, fp32 on the CPU), fp16, bf16 or fp32.")
 ]
@@ -227,6 +236,8 @@ def audio2video(
     low_vram: LowVram = False,
     weights: Weights = None,
     dtype: DtypeOpt = "auto",
+    scheduler: SchedulerOpt = "ddim",
+    clean: Clean = False,
     size: Size = None,
     max_size: MaxSize = DEFAULT_MAX_SIZE,
     crop: Crop = False,
@@ -295,6 +306,8 @@ def vid2vid(
     low_vram: LowVram = False,
     weights: Weights = None,
     dtype: DtypeOpt = "auto",
+    scheduler: SchedulerOpt = "ddim",
+    clean: Clean = False,
     batch_size: BatchSize = "auto",
     device: Device = "auto",
     progress: Progress = ProgressMode.auto,
@@ -347,6 +360,8 @@ def pose2vid(
     low_vram: LowVram = False,
     weights: Weights = None,
     dtype: DtypeOpt = "auto",
+    scheduler: SchedulerOpt = "ddim",
+    clean: Clean = False,
     batch_size: BatchSize = "auto",
     device: Device = "auto",
     progress: Progress = ProgressMode.auto,
@@ -379,6 +394,9 @@ def check_renderer(args: dict) -> None:
     """The aniportrait renderer's options, checked before anything runs."""
     if args.get("renderer") is not Renderer.aniportrait:
         return
+    if args.get("scheduler") not in ("ddim", "dpmpp", "unipc"):
+        raise InputError(f"unknown --scheduler {args.get('scheduler')!r}", subject="--scheduler",
+                         remedy="use ddim, dpmpp or unipc")
     if args.get("dtype") not in ("auto", "fp16", "bf16", "fp32"):
         raise InputError(f"unknown --dtype {args.get('dtype')!r}", subject="--dtype", remedy="use auto, fp16, bf16 or fp32")
     size = args.get("size")
@@ -399,7 +417,7 @@ def renderer_for(args: dict):
 
     dopts = DiffusionOptions(steps=args["steps"], cfg=args["cfg"], size=args.get("size") or DEFAULT_CROP_SIZE,
                              seed=args.get("seed") if args.get("seed") is not None else 42, dtype=args["dtype"],
-                             low_vram=args["low_vram"],
+                             low_vram=args["low_vram"], scheduler=args["scheduler"], compat=not args["clean"],
                              weights=str(args["weights"]) if args.get("weights") is not None else None)
 
     def render(portrait, tgt, fps, output, opts, audio, reporter):
