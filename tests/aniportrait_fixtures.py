@@ -70,3 +70,59 @@ def close(actual, expected, rel: float = 1e-9, what: str = "") -> None:
     scale = max(float(np.abs(e).max()), 1e-300)
     err = float(np.abs(a - e).max())
     assert err <= rel * scale, f"{what}: max |diff| {err:.3g} > {rel:g} x {scale:.3g}"
+
+
+def write_tiny_folder(dest):
+    """A pretrained_model folder in AniPortrait's layout holding the tiny recipe weights, saved the
+    way the released files are (torch.save of AniPortrait-format dicts, the VAE as safetensors)."""
+    from safetensors.torch import save_file
+
+    import torch
+
+    w = weights()
+    c = configs()
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def f32(sd):
+        return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+
+    for name in ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "pose_guider.pth",
+                 "audio2mesh.pt", "audio2pose.pt"):
+        torch.save(f32(w[name]), dest / name)
+    (dest / "stable-diffusion-v1-5" / "unet").mkdir(parents=True)
+    (dest / "stable-diffusion-v1-5" / "unet" / "config.json").write_text(json.dumps(c["unet_2d_and_3d_base"]))
+    (dest / "sd-vae-ft-mse").mkdir()
+    (dest / "sd-vae-ft-mse" / "config.json").write_text(json.dumps(c["vae_AutoencoderKL"]))
+    save_file(f32(w["vae"]), str(dest / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors"))
+    (dest / "image_encoder").mkdir()
+    (dest / "image_encoder" / "config.json").write_text(json.dumps(c["clip_CLIPVisionConfig"]))
+    torch.save(f32(w["image_encoder"]), dest / "image_encoder" / "pytorch_model.bin")
+    (dest / "wav2vec2-base-960h").mkdir()
+    (dest / "wav2vec2-base-960h" / "config.json").write_text(json.dumps(c["wav2vec2"]))
+    (dest / "wav2vec2-base-960h" / "preprocessor_config.json").write_text(json.dumps(c["wav2vec2_preprocessor"]))
+    enc = {k[len("audio_encoder."):]: v for k, v in w["audio2mesh.pt"].items() if k.startswith("audio_encoder.")}
+    torch.save(f32(enc), dest / "wav2vec2-base-960h" / "pytorch_model.bin")
+    return dest
+
+
+def speech_wav(dest, seconds: float = 1.0):
+    """(path, samples): the first `seconds` of a shared speech clip as a 16 kHz wav in `dest`."""
+    import soundfile as sf
+
+    from a2pcli.encode import load_audio
+    from tests.conftest import media
+
+    audio = load_audio(media("sadtalker_RD_Radio31_000.wav"), 16000, duration_s=seconds)
+    path = dest / "speech.wav"
+    sf.write(path, audio, 16000)
+    return path, audio
+
+
+def video_frames(path) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames of a video file, decoded with the bundled ffmpeg."""
+    import imageio_ffmpeg
+
+    gen = imageio_ffmpeg.read_frames(str(path))
+    meta = next(gen)
+    w, h = meta["size"]
+    return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in gen])

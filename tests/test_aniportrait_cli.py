@@ -23,66 +23,21 @@ pytest.importorskip("transformers")
 pytest.importorskip("diffusers")
 
 
-def _write_tiny_folder(dest):
-    from safetensors.torch import save_file
-
-    w = fx.weights()
-    c = fx.configs()
-    dest.mkdir(parents=True, exist_ok=True)
-
-    def f32(sd):
-        return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-
-    for name in ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "pose_guider.pth",
-                 "audio2mesh.pt", "audio2pose.pt"):
-        torch.save(f32(w[name]), dest / name)
-    (dest / "stable-diffusion-v1-5" / "unet").mkdir(parents=True)
-    (dest / "stable-diffusion-v1-5" / "unet" / "config.json").write_text(json.dumps(c["unet_2d_and_3d_base"]))
-    (dest / "sd-vae-ft-mse").mkdir()
-    (dest / "sd-vae-ft-mse" / "config.json").write_text(json.dumps(c["vae_AutoencoderKL"]))
-    save_file(f32(w["vae"]), str(dest / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors"))
-    (dest / "image_encoder").mkdir()
-    (dest / "image_encoder" / "config.json").write_text(json.dumps(c["clip_CLIPVisionConfig"]))
-    torch.save(f32(w["image_encoder"]), dest / "image_encoder" / "pytorch_model.bin")
-    (dest / "wav2vec2-base-960h").mkdir()
-    (dest / "wav2vec2-base-960h" / "config.json").write_text(json.dumps(c["wav2vec2"]))
-    (dest / "wav2vec2-base-960h" / "preprocessor_config.json").write_text(json.dumps(c["wav2vec2_preprocessor"]))
-    enc = {k[len("audio_encoder."):]: v for k, v in w["audio2mesh.pt"].items() if k.startswith("audio_encoder.")}
-    torch.save(f32(enc), dest / "wav2vec2-base-960h" / "pytorch_model.bin")
-    return dest
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     fx.folder()
-    return _write_tiny_folder(tmp_path_factory.mktemp("pretrained_model"))
+    return fx.write_tiny_folder(tmp_path_factory.mktemp("pretrained_model"))
 
 
 @pytest.fixture(scope="module")
 def speech_1s(tmp_path_factory):
-    import soundfile as sf
-
-    from a2pcli.encode import load_audio
-
-    audio = load_audio(media("sadtalker_RD_Radio31_000.wav"), 16000, duration_s=1.0)
-    path = tmp_path_factory.mktemp("speech") / "speech.wav"
-    sf.write(path, audio, 16000)
-    return path
+    return fx.speech_wav(tmp_path_factory.mktemp("speech"))[0]
 
 
 def _probe(path):
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path), "-f", "null", "-"], capture_output=True,
                           text=True)
     return proc.stderr
-
-
-def _frames(path):
-    import imageio_ffmpeg
-
-    gen = imageio_ffmpeg.read_frames(str(path))
-    meta = next(gen)
-    w, h = meta["size"]
-    return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in gen])
 
 
 @pytest.mark.slow
@@ -98,7 +53,7 @@ def test_audio2video_aniportrait_tiny_end_to_end(tiny_folder, speech_1s, tmp_pat
     denoise = [e for e in events if e.get("stage") == "denoise"]
     assert denoise, "no progress from the denoising loop"
     assert any("eta_s" in e for e in denoise), "no ETA in the denoising progress"
-    frames = _frames(out)
+    frames = fx.video_frames(out)
     assert frames.shape == (25, 64, 64, 3)
     assert frames.std() > 1.0  # decoded pictures, not a constant
     info = _probe(out)
@@ -176,7 +131,7 @@ def test_pose2vid_aniportrait_tiny_follows_a_template(tiny_folder, tmp_path):
                    "--weights", tiny_folder, "--steps", "2", "--size", "64", "--device", "cpu", "--json", check=0)
     summary = json.loads(proc.stdout)
     assert summary["renderer"] == "aniportrait" and summary["frames"] == 20
-    assert _frames(out).shape == (20, 64, 64, 3)
+    assert fx.video_frames(out).shape == (20, 64, 64, 3)
 
 
 @pytest.mark.slow
@@ -187,4 +142,4 @@ def test_fewer_steps_with_dpmpp_and_the_clean_alternatives(tiny_folder, speech_1
                    "--clean", "--json", check=0)
     summary = json.loads(proc.stdout)
     assert summary["frames"] == 25 and summary["windows"] == 2  # windows that do not wrap: [0..15], [9..24]
-    assert _frames(out).shape == (25, 64, 64, 3)
+    assert fx.video_frames(out).shape == (25, 64, 64, 3)

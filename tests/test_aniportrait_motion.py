@@ -172,22 +172,13 @@ def test_template_npy_is_used_as_it_is(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from tests.test_aniportrait_cli import _write_tiny_folder
-
     fx.folder()
-    return _write_tiny_folder(tmp_path_factory.mktemp("pretrained_model"))
+    return fx.write_tiny_folder(tmp_path_factory.mktemp("pretrained_model"))
 
 
 @pytest.fixture(scope="module")
 def speech_1s(tmp_path_factory):
-    import soundfile as sf
-
-    from a2pcli.encode import load_audio
-
-    audio = load_audio(media("sadtalker_RD_Radio31_000.wav"), 16000, duration_s=1.0)
-    path = tmp_path_factory.mktemp("speech") / "speech.wav"
-    sf.write(path, audio, 16000)
-    return path, audio
+    return fx.speech_wav(tmp_path_factory.mktemp("speech"))
 
 
 def test_speech_motion_on_tiny_weights(tiny_folder, speech_1s, oracle, ref):
@@ -234,7 +225,6 @@ def test_too_short_audio_is_refused(tiny_folder):
 
 @pytest.mark.slow
 def test_audio2video_motion_aniportrait_tiny_end_to_end(tiny_folder, speech_1s, tmp_path):
-    from tests.test_aniportrait_cli import _frames
 
     out = tmp_path / "talk.mp4"
     proc = run_a2p("audio2video", media("sadtalker_happy.png"), speech_1s[0], "-o", out, "--renderer", "aniportrait",
@@ -243,7 +233,7 @@ def test_audio2video_motion_aniportrait_tiny_end_to_end(tiny_folder, speech_1s, 
     summary = json.loads(proc.stdout)
     assert summary["renderer"] == "aniportrait" and summary["size"] == [64, 64]
     assert summary["frames"] == 25
-    frames = _frames(out)
+    frames = fx.video_frames(out)
     assert frames.shape == (25, 64, 64, 3) and frames.std() > 1.0
 
 
