@@ -21,6 +21,7 @@ pose2vid's stored motion). This module
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,18 +97,32 @@ def output_size(width: int, height: int, size: int) -> tuple[int, int]:
     return w, h
 
 
-def landmark_images(landmarks: np.ndarray, src_size: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:
-    """(T, 478, >=2) landmarks in pixels of a `src_size` (W, H) image -> (T, H, W, 3) uint8 landmark
-    images at `out_size`, drawn as AniPortrait draws them (468 mesh points; irises are not drawn)."""
-    from a2pcli.aniportrait.draw import draw_landmarks
+class LandmarkImages(Sequence):
+    """(T, 478, >=2) landmarks in pixels of a `src_size` (W, H) image, seen as T uint8 (H, W, 3)
+    landmark images at `out_size`, drawn as AniPortrait draws them (468 mesh points; irises are not
+    drawn) when a frame is asked for: the sampler takes one window's frames at a time, so a long clip
+    never holds all its images at once (10 min at 512x512 would be 12 GB)."""
 
-    sx = out_size[0] / src_size[0]
-    sy = out_size[1] / src_size[1]
-    out = np.empty((len(landmarks), out_size[1], out_size[0], 3), np.uint8)
-    for i, lm in enumerate(landmarks):
-        xy = np.asarray(lm[:468, :2], np.float64) * (sx, sy)
-        out[i] = draw_landmarks(out_size, xy)
-    return out
+    def __init__(self, landmarks: np.ndarray, src_size: tuple[int, int], out_size: tuple[int, int]):
+        self.landmarks = landmarks
+        self.out_size = out_size
+        self.scale = (out_size[0] / src_size[0], out_size[1] / src_size[1])
+
+    def __len__(self) -> int:
+        return len(self.landmarks)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        from a2pcli.aniportrait.draw import draw_landmarks
+
+        xy = np.asarray(self.landmarks[i][:468, :2], np.float64) * self.scale
+        return draw_landmarks(self.out_size, xy)
+
+
+def landmark_images(landmarks: np.ndarray, src_size: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:
+    """All of LandmarkImages at once: (T, H, W, 3) uint8."""
+    return np.stack(list(LandmarkImages(landmarks, src_size, out_size)))
 
 
 def _dtype_bytes(dtype: str) -> int:
@@ -225,12 +240,9 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
     speed_settings(models)
     t_load = time.perf_counter() - t0
 
-    reporter.stage("draw landmarks", total=1)
-    poses = landmark_images(tgt.landmarks, (pw, ph), (width, height))
-    reporter.advance(1)
-    ref_pose = landmark_images(portrait.face.landmarks[None], (pw, ph), (width, height))[0]
+    poses = LandmarkImages(tgt.landmarks, (pw, ph), (width, height))
 
-    from a2pcli.aniportrait.sampler import Pose2VideoSampler
+    from a2pcli.aniportrait.sampler import Pose2VideoSampler, video_to_frames
     from a2pcli.aniportrait.vae import decode_latents
 
     sampler = Pose2VideoSampler(models, sampler_config(dopts, width, height, dtype))
@@ -245,7 +257,7 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
         reporter.advance(1)
 
     t1 = time.perf_counter()
-    result = sampler(portrait.image, list(poses), ref_pose, width=width, height=height, steps=dopts.steps,
+    result = sampler(portrait.image, poses, width=width, height=height, steps=dopts.steps,
                      guidance_scale=dopts.cfg, seed=dopts.seed, progress=progress, decode=False)
     t_sample = time.perf_counter() - t1
 
@@ -256,7 +268,7 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
     with VideoWriter(output, (width, height), fps, crf=opts.crf, audio=audio, frames_dir=opts.frames_dir) as writer:
         for start in range(0, n, k):
             video = decode_latents(models.vae, latents[:, :, start:start + k], batch=k)
-            frames = (video[0].permute(1, 2, 3, 0).float().cpu().numpy() * 255).astype(np.uint8)
+            frames = np.stack(video_to_frames(video))
             writer.write_batch(frames)
             reporter.advance(frames.shape[0])
     t_decode = time.perf_counter() - t2

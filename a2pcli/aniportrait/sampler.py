@@ -38,6 +38,7 @@ dicts under WEIGHT_KEYS' names (the checkpoint files' names).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -266,7 +267,7 @@ class Pose2VideoSampler:
         vae_in, ref_latents = self.reference_latents(ref_image, width, height)
         # pose frames stay uint8 on the host; each window's are converted when it runs, so a long
         # clip needs no (1, 3, N, H, W) tensor on the device
-        pose_frames = list(pose_images)
+        pose_frames = pose_images if isinstance(pose_images, Sequence) else list(pose_images)
         self.pose_input(pose_frames[:1], width, height)  # size and type checked before any work
 
         def pose(window) -> torch.Tensor:
