@@ -325,6 +325,23 @@ class ReferenceBank:
         return ReferenceBank({k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()},
                              cond_only=self.cond_only, fp16_round=self.fp16_round)
 
+    def keys_values(self, attns: Mapping[str, nn.Module], dtype, device) -> dict[str, tuple]:
+        """The keys and values `attn.to_k(cond)`, `attn.to_v(cond)` of every block's cond rows, each
+        (n, h·w, inner), computed once per (denoiser, dtype, device) and kept: the bank is the same
+        for every window of every step, so projecting it again per call (16 frames x 2 layers x 25
+        steps x every window) is wasted work. Exact: the same linear maps on the same values."""
+        key = (id(attns), dtype, device)
+        cache = self.__dict__.setdefault("_kv", {})
+        if key not in cache:
+            cache.clear()  # one denoiser at a time
+            with torch.no_grad():
+                kv = {}
+                for path, attn in attns.items():
+                    ref = self.cond(path).to(device=device, dtype=dtype)
+                    kv[path] = (attn.to_k(ref), attn.to_v(ref))
+            cache[key] = kv
+        return cache[key]
+
 
 class _WriteDone(Exception):
     pass
@@ -388,13 +405,14 @@ def write_reference(ref_unet: nn.Module, ref_latents: torch.Tensor, clip_embeds:
 
 
 class _ReadState:
-    __slots__ = ("bank", "uncond_rows", "frames")
+    """What the `attn1` processors read during one denoiser call: the bank's cached keys and values
+    per block path (None: no reference), how many leading rows are uncond, the frame count."""
 
     def __init__(self):
         self.clear()
 
     def clear(self):
-        self.bank = None
+        self.kv = None
         self.uncond_rows = 0
         self.frames = 1
 
@@ -427,11 +445,6 @@ class ReferenceReadProcessor:
         self.path = path
         self.state = state
 
-    def bank_kv(self, attn, bank: ReferenceBank, dtype, device):
-        # (n, L_ref, inner) keys and values of the bank's cond rows; a later step may cache these.
-        ref = bank.cond(self.path).to(device=device, dtype=dtype)
-        return attn.to_k(ref), attn.to_v(ref)
-
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
         if encoder_hidden_states is not None or attention_mask is not None or attn.group_norm is not None \
@@ -439,13 +452,12 @@ class ReferenceReadProcessor:
                 or attn.rescale_output_factor != 1.0:
             raise NotImplementedError("reference attention supports plain SD1.5 self-attention only")
         st = self.state
-        bank = st.bank
-        if bank is None:
+        if st.kv is None:
             return _self_attention(attn, hidden_states)
         nu = st.uncond_rows
         x = hidden_states[nu:]
         rows, frames = x.shape[0], st.frames
-        k_ref, v_ref = self.bank_kv(attn, bank, x.dtype, x.device)
+        k_ref, v_ref = st.kv[self.path]
         n = k_ref.shape[0]
         if n == 1:
             k_ref = k_ref.expand(rows, -1, -1)
@@ -484,8 +496,9 @@ class Denoiser(nn.Module):
         self._read = _ReadState()
         self.block_paths = transformer_block_paths(unet)
         modules = dict(unet.named_modules())
-        for path in self.block_paths:
-            modules[path + ".attn1"].set_processor(ReferenceReadProcessor(path, self._read))
+        self._attn1 = {path: modules[path + ".attn1"] for path in self.block_paths}  # plain dict: no re-registration
+        for path, attn in self._attn1.items():
+            attn.set_processor(ReferenceReadProcessor(path, self._read))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -535,7 +548,7 @@ class Denoiser(nn.Module):
         forward_upsample_size = any(s % up_factor != 0 for s in (h, w))
         upsample_size = None
 
-        self._read.bank = bank
+        self._read.kv = None if bank is None else bank.keys_values(self._attn1, dtype, device)
         self._read.uncond_rows = (b // 2) * f if do_cfg else 0
         self._read.frames = f
         try:
