@@ -119,6 +119,8 @@ def main() -> int:
     ap.add_argument("--channels-last", action="store_true", help="NHWC weights for the convolution-heavy networks")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning")
     ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser (first run pays the compile)")
+    ap.add_argument("--acc", default="1", help="comma list: diffuse every N-th frame, interpolate the rest (1: all)")
+    ap.add_argument("--profile", action="store_true", help="also profile one step of one window: top GPU kernels")
     ap.add_argument("--pose", type=Path)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeat", type=int, default=1, help="time the whole render this many times (first = warm-up)")
@@ -151,10 +153,19 @@ def main() -> int:
 
     speed_settings(models, channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark)
     if args.compile:
-        models.denoiser = torch.compile(models.denoiser)
+        from a2pcli.aniportrait.runtime import compile_denoiser
+
+        compile_denoiser(models)
     sampler = Pose2VideoSampler(models, cfg)
+    from a2pcli.aniportrait.sampler import video_to_frames
+    from a2pcli.interpolate import fill, key_frames
+
     runs = []
-    for r in range(args.repeat):
+    accs = [int(a) for a in str(args.acc).split(",")]
+    # the first --acc value is timed --repeat times (the first run warms kernels up), the others once
+    for r, acc in [(r, accs[0]) for r in range(args.repeat)] + [(0, a) for a in accs[1:]]:
+        keys = key_frames(args.frames, acc)
+        use = [poses[i] for i in keys]
         marks = {}
 
         def progress(ev):
@@ -167,28 +178,51 @@ def main() -> int:
 
         sync()
         t1 = time.perf_counter()
-        res = sampler(ref, poses, width=args.size, height=args.size, progress=progress, decode=False)
+        res = sampler(ref, use, width=args.size, height=args.size, progress=progress, decode=False)
         sync()
         t2 = time.perf_counter()
         video = decode_latents(models.vae, res.latents, batch=cfg.vae_decode_batch)
         sync()
         t3 = time.perf_counter()
+        frames = list(fill(keys, video_to_frames(video))) if len(keys) < args.frames else video_to_frames(video)
+        t4 = time.perf_counter()
         n_ws = len(res.windows) * args.steps
         runs.append({
-            "total_s": round(t3 - t1, 2),
+            "acc": acc,
+            "diffused_frames": len(keys),
+            "windows": len(res.windows),
+            "total_s": round(t4 - t1, 2),
             "sample_s": round(t2 - t1, 2),
             "decode_s": round(t3 - t2, 2),
+            "to_uint8_and_interpolate_s": round(t4 - t3, 2),
             "before_first_window_s": round(marks.get("first_window", t1) - t1, 3),
             "first_step_s": round(marks.get("first_step", t1) - t1, 3),
             "per_window_step_s": round((t2 - marks.get("first_step", t1)) / max(1, n_ws - len(res.windows)), 4),
-            "frames_per_s": round(args.frames / (t3 - t1), 2),
+            "frames_per_s": round(args.frames / (t4 - t1), 2),
         })
-        del video
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+        assert len(frames) == args.frames
+        del video, frames
+    prof_rows = None
+    if args.profile and cuda:
+        from torch.profiler import ProfilerActivity, profile
+
+        one = poses[:cfg.context_frames]
+        sampler(ref, one, width=args.size, height=args.size, steps=1, decode=False)
+        sync()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            sampler(ref, one, width=args.size, height=args.size, steps=1, decode=False)
+            sync()
+        ev = [e for e in prof.key_averages() if e.device_time_total > 0]
+        total = sum(e.self_device_time_total for e in ev)
+        ev.sort(key=lambda e: -e.self_device_time_total)
+        prof_rows = {"gpu_ms_total": round(total / 1e3, 1),
+                     "top": [[e.key[:90], round(e.self_device_time_total / 1e3, 2), e.count] for e in ev[:25]]}
     out = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "settings": {"frames": args.frames, "size": args.size, "steps": args.steps, "cfg": args.cfg,
-                     "dtype": args.dtype, "windows": len(res.windows), "compat_loop": args.compat,
+                     "dtype": args.dtype, "compat_loop": args.compat,
                      "low_vram": args.low_vram, "channels_last": args.channels_last,
                      "cudnn_benchmark": args.cudnn_benchmark, "compile": args.compile,
                      "context": [cfg.context_frames, cfg.context_overlap]},
@@ -198,6 +232,8 @@ def main() -> int:
     if cuda:
         out["vram"] = {"weights_gb": round(weights_gb, 2), "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
                        "estimate_gb": round(vram_estimate(args.size, args.size, args.dtype, args.low_vram) / 1e9, 2)}
+    if prof_rows:
+        out["profile_one_window_step"] = prof_rows
     print(json.dumps(out, indent=1))
     return 0
 

@@ -143,3 +143,28 @@ def test_fewer_steps_with_dpmpp_and_the_clean_alternatives(tiny_folder, speech_1
     summary = json.loads(proc.stdout)
     assert summary["frames"] == 25 and summary["windows"] == 2  # windows that do not wrap: [0..15], [9..24]
     assert fx.video_frames(out).shape == (25, 64, 64, 3)
+
+
+@pytest.mark.slow
+def test_acc_diffuses_every_other_frame_and_interpolates_the_rest(tiny_folder, speech_1s, tmp_path):
+    out = tmp_path / "acc.mp4"
+    proc = run_a2p("audio2video", media("sadtalker_happy.png"), speech_1s, "-o", out, "--renderer", "aniportrait",
+                   "--weights", tiny_folder, "--steps", "2", "--size", "64", "--device", "cpu", "--acc", "2",
+                   "--compile", "--json", check=0)
+    summary = json.loads(proc.stdout)
+    assert summary["frames"] == 25 and summary["acc"] == 2
+    assert summary["diffused_frames"] == 13  # frames 0, 2, ..., 24
+    assert summary["windows"] == 1  # 13 diffused frames fit one 16-frame window
+    assert not summary["compiled"] and any("--compile" in n for n in summary["notes"])  # GPU only
+    frames = fx.video_frames(out).astype(np.float64)
+    assert frames.shape == (25, 64, 64, 3)
+    # an in-between frame lies between its rendered neighbours, not a copy of either
+    mid, a, b = frames[1], frames[0], frames[2]
+    assert np.abs(mid - (a + b) / 2).mean() < np.abs(a - b).mean()
+
+
+def test_acc_and_compile_belong_to_the_diffusion_renderer(tmp_path):
+    proc = run_a2p("audio2video", media("sadtalker_happy.png"), media("sadtalker_happy.png"), "-o",
+                   tmp_path / "x.mp4", "--acc", "2", check=2)
+    assert "--acc" in proc.stderr and "--renderer aniportrait" in proc.stderr
+    assert not (tmp_path / "x.mp4").exists()

@@ -84,6 +84,8 @@ class DiffusionOptions:
     context_frames: int = 16
     context_overlap: int = 4
     decode_batch: int = 8
+    acc: int = 1  # diffuse every acc-th frame, interpolate the rest (a2pcli.interpolate)
+    compile: bool = False  # torch.compile the denoiser (GPU)
 
 
 def output_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -118,6 +120,21 @@ class LandmarkImages(Sequence):
 
         xy = np.asarray(self.landmarks[i][:468, :2], np.float64) * self.scale
         return draw_landmarks(self.out_size, xy)
+
+
+class _Pick(Sequence):
+    """The items `keys` of a sequence, as a sequence (drawn lazily when the source is)."""
+
+    def __init__(self, source: Sequence, keys: Sequence[int]):
+        self.source, self.keys = source, list(keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.source[self.keys[i]]
 
 
 def landmark_images(landmarks: np.ndarray, src_size: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:
@@ -237,10 +254,21 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
     models = load_models(dopts.weights, dtype, choice.device, reporter)
     from a2pcli.aniportrait.runtime import speed_settings
 
-    speed_settings(models)
+    notes = []
+    compiled = bool(dopts.compile) and choice.device.startswith("cuda")
+    if dopts.compile and not compiled:
+        notes.append("--compile applies on a GPU only: the denoiser ran uncompiled")
+    speed_settings(models, compile=compiled)
     t_load = time.perf_counter() - t0
 
+    from a2pcli.interpolate import key_frames
+
+    acc = max(1, int(dopts.acc))
+    keys = key_frames(n, acc)
     poses = LandmarkImages(tgt.landmarks, (pw, ph), (width, height))
+    if len(keys) < n:
+        poses = _Pick(poses, keys)
+        reporter.info(f"--acc {acc}: diffusing {len(keys)} of {n} frames, the rest interpolated")
 
     from a2pcli.aniportrait.sampler import Pose2VideoSampler, video_to_frames
     from a2pcli.aniportrait.vae import decode_latents
@@ -265,12 +293,28 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
     t2 = time.perf_counter()
     latents = result.latents
     k = max(1, int(dopts.decode_batch))
-    with VideoWriter(output, (width, height), fps, crf=opts.crf, audio=audio, frames_dir=opts.frames_dir) as writer:
-        for start in range(0, n, k):
+
+    def decoded():
+        for start in range(0, latents.shape[2], k):
             video = decode_latents(models.vae, latents[:, :, start:start + k], batch=k)
-            frames = np.stack(video_to_frames(video))
-            writer.write_batch(frames)
-            reporter.advance(frames.shape[0])
+            yield from video_to_frames(video)
+
+    frames = decoded()
+    if len(keys) < n:
+        from a2pcli.interpolate import fill
+
+        frames = fill(keys, frames)
+    with VideoWriter(output, (width, height), fps, crf=opts.crf, audio=audio, frames_dir=opts.frames_dir) as writer:
+        batch = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == k:
+                writer.write_batch(np.stack(batch))
+                reporter.advance(len(batch))
+                batch = []
+        if batch:
+            writer.write_batch(np.stack(batch))
+            reporter.advance(len(batch))
     t_decode = time.perf_counter() - t2
     peak = 0
     if choice.device.startswith("cuda"):
@@ -291,10 +335,13 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
         "cfg": dopts.cfg,
         "dtype": dtype,
         "windows": len(result.windows),
+        "acc": acc,
+        "diffused_frames": len(keys),
+        "compiled": compiled,
         "vram_estimate_gb": round(vram / 1e9, 2),
         "vram_peak_gb": round(peak / 1e9, 2),
         "audio": None if audio is None else str(audio.path),
-        "notes": [],
+        "notes": notes,
         "timings_s": {"load": round(t_load, 3), "sample": round(t_sample, 3), "decode_and_encode": round(t_decode, 3)},
         "elapsed_s": round(elapsed, 3),
         "frames_per_s": round(n / max(elapsed, 1e-9), 2),

@@ -118,6 +118,14 @@ Clean = Annotated[
                        "that do not wrap round to the first frames, pose images in [-1, 1] as in training, overlapping "
                        "windows averaged without guidance too (default: AniPortrait's own numbers).")
 ]
+Acc = Annotated[
+    int, typer.Option("--acc", min=1, help="aniportrait renderer: diffuse every N-th frame only and fill the frames "
+                      "between by optical-flow interpolation (about N times faster; 1: every frame).")
+]
+CompileOpt = Annotated[
+    bool, typer.Option("--compile", help="aniportrait renderer on a GPU: torch.compile the denoiser (the first "
+                       "render in a new environment spends a minute or two compiling; faster after that).")
+]
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="aniportrait renderer: auto (fp16 on a GPU, fp32 on the CPU), fp16, bf16 or fp32.")
 ]
@@ -238,6 +246,8 @@ def audio2video(
     dtype: DtypeOpt = "auto",
     scheduler: SchedulerOpt = "ddim",
     clean: Clean = False,
+    acc: Acc = 1,
+    compile_: CompileOpt = False,
     size: Size = None,
     max_size: MaxSize = DEFAULT_MAX_SIZE,
     crop: Crop = False,
@@ -308,6 +318,8 @@ def vid2vid(
     dtype: DtypeOpt = "auto",
     scheduler: SchedulerOpt = "ddim",
     clean: Clean = False,
+    acc: Acc = 1,
+    compile_: CompileOpt = False,
     batch_size: BatchSize = "auto",
     device: Device = "auto",
     progress: Progress = ProgressMode.auto,
@@ -362,6 +374,8 @@ def pose2vid(
     dtype: DtypeOpt = "auto",
     scheduler: SchedulerOpt = "ddim",
     clean: Clean = False,
+    acc: Acc = 1,
+    compile_: CompileOpt = False,
     batch_size: BatchSize = "auto",
     device: Device = "auto",
     progress: Progress = ProgressMode.auto,
@@ -393,6 +407,10 @@ def _human(s: dict) -> str:
 def check_renderer(args: dict) -> None:
     """The aniportrait renderer's options, checked before anything runs."""
     if args.get("renderer") is not Renderer.aniportrait:
+        for flag, used in (("--acc", args.get("acc", 1) != 1), ("--compile", args.get("compile_", False))):
+            if used:
+                raise InputError("is an option of the diffusion renderer", subject=flag,
+                                 remedy="add --renderer aniportrait, or leave it out")
         return
     if args.get("scheduler") not in ("ddim", "dpmpp", "unipc"):
         raise InputError(f"unknown --scheduler {args.get('scheduler')!r}", subject="--scheduler",
@@ -418,6 +436,7 @@ def renderer_for(args: dict):
     dopts = DiffusionOptions(steps=args["steps"], cfg=args["cfg"], size=args.get("size") or DEFAULT_CROP_SIZE,
                              seed=args.get("seed") if args.get("seed") is not None else 42, dtype=args["dtype"],
                              low_vram=args["low_vram"], scheduler=args["scheduler"], compat=not args["clean"],
+                             acc=args.get("acc", 1), compile=args.get("compile_", False),
                              weights=str(args["weights"]) if args.get("weights") is not None else None)
 
     def render(portrait, tgt, fps, output, opts, audio, reporter):
@@ -542,7 +561,7 @@ def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
                         with atomic_path(out.with_suffix(out.suffix + ".json"), True) as mtmp:
                             mtmp.write_text(_json.dumps(meta, indent=2, default=str) + "\n")
                 results.append({"output": str(out), "portrait": str(portrait_path), "audio": str(audio), **summary,
-                                "notes": portrait.notes + notes})
+                                "notes": portrait.notes + notes + summary.get("notes", [])})
             except A2PError as exc:
                 if len(portraits) == 1:
                     raise
