@@ -58,6 +58,10 @@ def in_process(args) -> dict:
 
     times = {"imports": time.perf_counter() - t0}
     t = time.perf_counter()
+    import torch  # noqa: F401 - timed on its own: seconds with a CUDA build of torch
+
+    times["import_torch"] = time.perf_counter() - t
+    t = time.perf_counter()
     speech = load_audio(args.audio, 16000)
     speech = np.tile(speech, int(np.ceil(args.seconds * 16000 / len(speech))))[: int(args.seconds * 16000)]
     track = probe_audio(args.audio)
@@ -80,7 +84,48 @@ def in_process(args) -> dict:
     res = {k: round(v, 3) for k, v in times.items()}
     res["total_s"] = round(time.perf_counter() - t0, 3)
     res["frames"], res["device"], res["batch"] = summary["frames"], summary["device"], summary["batch_size"]
+    # later clips of a batch in the same process (what `a2p audio2video faces/*.png speech.wav` and
+    # shell loops over a long-lived process pay): audio, speech to motion, targets, render, encode
+    later = []
+    for _ in range(max(0, args.clips - 1)):
+        t = time.perf_counter()
+        speech = load_audio(args.audio, 16000)
+        speech = np.tile(speech, int(np.ceil(args.seconds * 16000 / len(speech))))[: int(args.seconds * 16000)]
+        lips = model.predict(speech, 25.0, n)
+        tgt, _ = talk_targets(portrait.face, speech, 25.0, n, lips, TalkOptions(), ref.mean)
+        render_video(portrait, tgt, 25.0, out, AnimateOptions(device=args.device), audio=probe_audio(args.audio))
+        later.append(round(time.perf_counter() - t, 3))
+    if later:
+        res["later_clips_s"] = later
     return res
+
+
+PHASES = r"""
+import json, time
+t = [time.perf_counter()]
+def mark(): t.append(time.perf_counter())
+import torch; mark()
+torch.cuda.init(); torch.zeros(1, device="cuda"); torch.cuda.synchronize(); mark()
+x = torch.rand(64, 64, device="cuda"); (x @ x).sum().item(); mark()
+torch.linalg.solve(x[None] + 64 * torch.eye(64, device="cuda"), x[None]).sum().item(); mark()
+g = torch.zeros(1, 8, 8, 2, device="cuda")
+torch.nn.functional.grid_sample(x[None, None], g, align_corners=True).sum().item(); mark()
+torch.nn.functional.interpolate(x[None, None], scale_factor=2, mode="bilinear").sum().item(); mark()
+names = ["import_torch", "cuda_context", "first_matmul_cublas", "first_solve", "first_grid_sample", "first_interpolate"]
+print(json.dumps({n: round(b - a, 3) for n, a, b in zip(names, t, t[1:])}))
+"""
+
+
+def cuda_phases() -> dict:
+    """A fresh interpreter's GPU start-up, phase by phase (seconds), three times."""
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", PHASES], capture_output=True, text=True, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        r["process_total"] = round(time.perf_counter() - t0, 3)
+        runs.append(r)
+    return {"runs": runs}
 
 
 def main() -> None:
@@ -91,7 +136,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bundle", type=Path, help="portrait bundle from bench_render.py --save-bundle: time the whole "
                     "pipeline in this process, without face detection (for a machine without mediapipe)")
+    ap.add_argument("--clips", type=int, default=1, help="with --bundle: render this many clips in the process "
+                    "(the later ones show the per-clip cost of a batch)")
+    ap.add_argument("--cuda-phases", action="store_true", help="time a fresh process's GPU start-up, phase by phase")
     args = ap.parse_args()
+    if args.cuda_phases:
+        print(json.dumps(cuda_phases(), indent=2))
+        return
     if args.bundle:
         print(json.dumps(in_process(args), indent=2))
         return
