@@ -151,6 +151,17 @@ def visible_interior(image: np.ndarray, lm: np.ndarray, scale: float) -> float:
     return shown / max(width, 1.0) / max(float(scale), 1e-6)
 
 
+def shown_opening(image: np.ndarray, face: PortraitFace) -> float:
+    """How far the portrait's mouth is open, face units: the height of the interior it shows when its lips
+    part (OPEN_PORTRAIT) and show one (OPEN_VISIBLE), else 0. Closing the lip landmarks by this much
+    closes the mouth; what parts them further is lip."""
+    gap = float(_lip_gap(face.canon[None])[0])
+    if gap <= OPEN_PORTRAIT:
+        return 0.0
+    shown = visible_interior(image, face.landmarks, face.scale)
+    return min(shown, gap) if shown >= OPEN_VISIBLE else 0.0
+
+
 @dataclass
 class Patch:
     """A uniform grid of field nodes over a box of the working region, and how to upsample it."""
@@ -283,7 +294,8 @@ class WarpRenderer:
         # an open-mouthed portrait: where the closing lips would squeeze its interior into a thin band,
         # the band is painted over with lip colour (a warped mask of the interior tells where it lands)
         self.interior = None
-        if self.portrait_gap > OPEN_PORTRAIT and visible_interior(self.image, face.landmarks, unit) >= OPEN_VISIBLE:
+        self.shown = shown_opening(self.image, face)
+        if self.shown > 0:
             import cv2
 
             poly = _inner_lip_polygon(face.landmarks)
@@ -354,7 +366,8 @@ class WarpRenderer:
         gap = _lip_gap(canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale))
         closing = None
         if self.interior is not None:
-            closing = np.clip(1.0 - gap / self.portrait_gap, 0.0, 1.0).astype(np.float32)
+            # closed when the lip lines have come together by the interior's shown height
+            closing = np.clip((self.portrait_gap - gap) / self.shown, 0.0, 1.0).astype(np.float32)
         with self.torch.inference_mode():
             field = self.coarse_field(tgt)
             mouth = self._mouth_layer(tgt, gap)
