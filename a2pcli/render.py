@@ -41,6 +41,7 @@ OPEN_FULL = 0.035  # face units of extra lip gap at which the synthesised interi
 OPEN_PORTRAIT = 0.03  # face units: a portrait whose lips part more than this may have a mouth interior to hide
 OPEN_VISIBLE = 0.012  # face units: ... and does when its visible interior (cavity, teeth) is at least this tall
 INTERIOR_DARK, INTERIOR_BRIGHT = 0.6, 1.25  # luminance relative to the lips': cavity below, teeth above
+INTERIOR_SATURATION = 0.85  # teeth are also paler than the lips (saturation relative to theirs): not a highlight
 SEAL_DARK = 0.55  # the line where closing lips meet, relative to the lip colour
 # Spacing of the warp field's nodes, face units: fine across the face and finest over the lids and lips,
 # whose points move in opposite directions a few pixels apart; coarse over hair and background.
@@ -126,9 +127,11 @@ def _inner_lip_polygon(lm: np.ndarray) -> np.ndarray:
 
 def visible_interior(image: np.ndarray, lm: np.ndarray, scale: float) -> float:
     """Mean height, face units, of the mouth interior the portrait shows: the pixels between its inner lip
-    lines that are much darker (the cavity) or brighter (teeth) than its lips, over the mouth's width.
+    lines that are much darker (the cavity) than its lips, or brighter and paler (teeth), over the mouth's
+    width.
     Landmarks often part a little on closed lips (the inner lip lines sit inside the lips): this tells an
-    open mouth from such closed lips."""
+    open mouth from such closed lips. A dark seam where the lips meet counts too: on a small face (a seam
+    two pixels thick) such closed lips can still pass for an open mouth."""
     import cv2
 
     h, w = image.shape[:2]
@@ -145,21 +148,23 @@ def visible_interior(image: np.ndarray, lm: np.ndarray, scale: float) -> float:
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     lip, _ = _colour_stats(image, lm)
     lip_l = max(float(lip @ luma), 1e-3)
+    lip_s = float(lip.max() - lip.min()) / max(float(lip.max()), 1e-3)
     lum = px @ luma
-    shown = int(np.count_nonzero((lum < INTERIOR_DARK * lip_l) | (lum > INTERIOR_BRIGHT * lip_l)))
+    sat = (px.max(-1) - px.min(-1)) / np.maximum(px.max(-1), 1e-3)
+    teeth = (lum > INTERIOR_BRIGHT * lip_l) & (sat < INTERIOR_SATURATION * lip_s)
+    shown = int(np.count_nonzero((lum < INTERIOR_DARK * lip_l) | teeth))
     width = float(np.linalg.norm(lm[fm.LIPS_INNER_UPPER[0], :2] - lm[fm.LIPS_INNER_UPPER[-1], :2]))
     return shown / max(width, 1.0) / max(float(scale), 1e-6)
 
 
-def shown_opening(image: np.ndarray, face: PortraitFace) -> float:
-    """How far the portrait's mouth is open, face units: the height of the interior it shows when its lips
-    part (OPEN_PORTRAIT) and show one (OPEN_VISIBLE), else 0. Closing the lip landmarks by this much
-    closes the mouth; what parts them further is lip."""
+def open_mouth_gap(image: np.ndarray, face: PortraitFace) -> float:
+    """The portrait's inner lip gap (face units) when its mouth is open: its lip lines part by more than
+    OPEN_PORTRAIT and it shows an interior (visible_interior, at least OPEN_VISIBLE); else 0, closed lips
+    included whatever their landmarks say. The lip lines meeting closes the mouth."""
     gap = float(_lip_gap(face.canon[None])[0])
     if gap <= OPEN_PORTRAIT:
         return 0.0
-    shown = visible_interior(image, face.landmarks, face.scale)
-    return min(shown, gap) if shown >= OPEN_VISIBLE else 0.0
+    return gap if visible_interior(image, face.landmarks, face.scale) >= OPEN_VISIBLE else 0.0
 
 
 @dataclass
@@ -294,8 +299,7 @@ class WarpRenderer:
         # an open-mouthed portrait: where the closing lips would squeeze its interior into a thin band,
         # the band is painted over with lip colour (a warped mask of the interior tells where it lands)
         self.interior = None
-        self.shown = shown_opening(self.image, face)
-        if self.shown > 0:
+        if open_mouth_gap(self.image, face) > 0:
             import cv2
 
             poly = _inner_lip_polygon(face.landmarks)
@@ -366,8 +370,7 @@ class WarpRenderer:
         gap = _lip_gap(canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale))
         closing = None
         if self.interior is not None:
-            # closed when the lip lines have come together by the interior's shown height
-            closing = np.clip((self.portrait_gap - gap) / self.shown, 0.0, 1.0).astype(np.float32)
+            closing = np.clip(1.0 - gap / self.portrait_gap, 0.0, 1.0).astype(np.float32)
         with self.torch.inference_mode():
             field = self.coarse_field(tgt)
             mouth = self._mouth_layer(tgt, gap)

@@ -151,12 +151,13 @@ def template_motion(motion: Motion, n: int, fps: float) -> tuple[np.ndarray, np.
     return rel, shift, expr
 
 
-def closed_rest(shown: float, opening_shape: np.ndarray) -> np.ndarray:
-    """(478, 3) delta that closes a portrait's open mouth: `shown` (face units, render.shown_opening) of
-    the model's mouth opening (`Audio2Motion.opening_shape()`) taken back. The model's lips are relative to
-    a closed mouth at rest: on an open-mouthed portrait they start from this rest, so the mouth closes in
-    silence and between syllables as a speaker's does."""
-    return (-float(max(shown, 0.0)) * opening_shape).astype(np.float32)
+def closed_rest(open_gap: float, opening_shape: np.ndarray) -> np.ndarray:
+    """(478, 3) delta that closes a portrait's open mouth: its lip gap `open_gap` (face units,
+    render.open_mouth_gap; 0 for a closed mouth) taken back along the model's own mouth opening
+    (`Audio2Motion.opening_shape()`: the jaw rises with the lower lip). The model's lips are relative to a
+    closed mouth at rest: on an open-mouthed portrait they start from this rest, so the mouth closes in
+    silence and between syllables as a speaker's does, instead of never closing further than the portrait."""
+    return (-float(max(open_gap, 0.0)) * opening_shape).astype(np.float32)
 
 
 def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips: np.ndarray, opts: TalkOptions,

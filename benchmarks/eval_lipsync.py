@@ -53,13 +53,13 @@ def commanded_series(portrait: Path, audio: np.ndarray, n: int) -> np.ndarray:
     from a2pcli.audio2motion import load_model
     from a2pcli.headpose import load_reference
     from a2pcli.landmarks import mouth_opening
-    from a2pcli.render import shown_opening
+    from a2pcli.render import open_mouth_gap
     from a2pcli.talk import TalkOptions, closed_rest, talk_targets
 
     p = load_portrait(portrait, PortraitOptions(max_size=512))
     a2m = load_model()
     lips = a2m.predict(audio, FPS, n)
-    rest = closed_rest(shown_opening(p.image, p.face), a2m.opening_shape())
+    rest = closed_rest(open_mouth_gap(p.image, p.face), a2m.opening_shape())
     tgt, _ = talk_targets(p.face, audio, FPS, n, lips, TalkOptions(seed=0), load_reference().mean, rest=rest)
     return mouth_opening(tgt.landmarks).astype(np.float64)
 
