@@ -30,7 +30,7 @@ import numpy as np
 
 from a2pcli import features
 from a2pcli.errors import InputError, ModelError
-from a2pcli.landmarks import N_LANDMARKS
+from a2pcli.landmarks import LOWER_LIP_INNER, N_LANDMARKS, UPPER_LIP_INNER
 
 MODEL_NAME = "audio2motion"  # the shipped model in the registry
 CONFIG_FILE = "config.json"
@@ -257,6 +257,18 @@ class Audio2Motion:
         out = np.zeros((len(codes), N_LANDMARKS, 3), np.float32)
         out[:, self.region] = np.einsum("tk,krc->trc", codes, self.basis)
         return out
+
+    def opening_shape(self) -> np.ndarray:
+        """(478, 3) float32: the expression delta that parts the inner lips (upper and lower lip middle) by
+        one face unit, as the least (minimum-norm) combination of the basis does; zero outside the region."""
+        pos = {int(r): i for i, r in enumerate(self.region)}
+        if UPPER_LIP_INNER not in pos or LOWER_LIP_INNER not in pos:
+            return np.zeros((N_LANDMARKS, 3), np.float32)
+        per_code = self.basis[:, pos[LOWER_LIP_INNER], 1] - self.basis[:, pos[UPPER_LIP_INNER], 1]  # (K,)
+        norm2 = float(per_code @ per_code)
+        if norm2 < 1e-12:
+            return np.zeros((N_LANDMARKS, 3), np.float32)
+        return self.expand((per_code / norm2)[None].astype(np.float32))[0]
 
     def predict(self, audio: np.ndarray, fps: float, n_frames: int | None = None) -> np.ndarray:
         """audio: (N,) float32 mono, 16 kHz -> (T, 478, 3) float32 expression deltas, one per video frame

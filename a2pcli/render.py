@@ -38,7 +38,10 @@ TPS_REG_FEATURE = 2e-3  # at lid points and anchors: close to exact, so the eyes
 TPS_REG_LIPS = 2e-4  # at lip points: nearly exact, so lips meet when they close
 MOUTH_FEATHER = 0.7  # px: softness of the inner lip line
 OPEN_FULL = 0.035  # face units of extra lip gap at which the synthesised interior is fully shown
-OPEN_PORTRAIT = 0.03  # face units: a portrait whose lips part more than this has a mouth interior to hide
+OPEN_PORTRAIT = 0.03  # face units: a portrait whose lips part more than this may have a mouth interior to hide
+OPEN_VISIBLE = 0.012  # face units: ... and does when its visible interior (cavity, teeth) is at least this tall
+INTERIOR_DARK, INTERIOR_BRIGHT = 0.6, 1.25  # luminance relative to the lips': cavity below, teeth above
+INTERIOR_SATURATION = 0.85  # teeth are also paler than the lips (saturation relative to theirs): not a highlight
 SEAL_DARK = 0.55  # the line where closing lips meet, relative to the lip colour
 # Spacing of the warp field's nodes, face units: fine across the face and finest over the lids and lips,
 # whose points move in opposite directions a few pixels apart; coarse over hair and background.
@@ -116,6 +119,52 @@ def _colour_stats(image: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, float]
     skin = np.median(sample(lm[fm.CHEEKS]), 0)
     lum = float(skin @ np.array([0.299, 0.587, 0.114]))
     return lip, lum
+
+
+def _inner_lip_polygon(lm: np.ndarray) -> np.ndarray:
+    return np.concatenate([lm[fm.LIPS_INNER_UPPER, :2], lm[fm.LIPS_INNER_LOWER[::-1], :2]])
+
+
+def visible_interior(image: np.ndarray, lm: np.ndarray, scale: float) -> float:
+    """Mean height, face units, of the mouth interior the portrait shows: the pixels between its inner lip
+    lines that are much darker (the cavity) than its lips, or brighter and paler (teeth), over the mouth's
+    width.
+    Landmarks often part a little on closed lips (the inner lip lines sit inside the lips): this tells an
+    open mouth from such closed lips. A dark seam where the lips meet counts too: on a small face (a seam
+    two pixels thick) such closed lips can still pass for an open mouth."""
+    import cv2
+
+    h, w = image.shape[:2]
+    poly = _inner_lip_polygon(lm)
+    x0, y0 = np.clip(np.floor(poly.min(0)).astype(int) - 1, 0, [w - 1, h - 1])
+    x1, y1 = np.clip(np.ceil(poly.max(0)).astype(int) + 2, 1, [w, h])
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(mask, [np.round(poly - [x0, y0]).astype(np.int32)], 1)
+    px = image[y0:y1, x0:x1][mask > 0].astype(np.float32) / 255.0
+    if not len(px):
+        return 0.0
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    lip, _ = _colour_stats(image, lm)
+    lip_l = max(float(lip @ luma), 1e-3)
+    lip_s = float(lip.max() - lip.min()) / max(float(lip.max()), 1e-3)
+    lum = px @ luma
+    sat = (px.max(-1) - px.min(-1)) / np.maximum(px.max(-1), 1e-3)
+    teeth = (lum > INTERIOR_BRIGHT * lip_l) & (sat < INTERIOR_SATURATION * lip_s)
+    shown = int(np.count_nonzero((lum < INTERIOR_DARK * lip_l) | teeth))
+    width = float(np.linalg.norm(lm[fm.LIPS_INNER_UPPER[0], :2] - lm[fm.LIPS_INNER_UPPER[-1], :2]))
+    return shown / max(width, 1.0) / max(float(scale), 1e-6)
+
+
+def open_mouth_gap(image: np.ndarray, face: PortraitFace) -> float:
+    """The portrait's inner lip gap (face units) when its mouth is open: its lip lines part by more than
+    OPEN_PORTRAIT and it shows an interior (visible_interior, at least OPEN_VISIBLE); else 0, closed lips
+    included whatever their landmarks say. The lip lines meeting closes the mouth."""
+    gap = float(_lip_gap(face.canon[None])[0])
+    if gap <= OPEN_PORTRAIT:
+        return 0.0
+    return gap if visible_interior(image, face.landmarks, face.scale) >= OPEN_VISIBLE else 0.0
 
 
 @dataclass
@@ -244,13 +293,16 @@ class WarpRenderer:
         self.lip_rgb = torch.tensor(lip, device=dev, dtype=f32)
         self.teeth_rgb = torch.tensor([0.85, 0.82, 0.76], device=dev, dtype=f32) * float(np.clip(lum / 0.6, 0.4, 1.0))
         self.portrait_gap = float(_lip_gap(face.canon[None])[0])
+        # the parting of the portrait's inner lip lines per point (face units): on closed lips it is lip,
+        # and the synthesised interior opens only between what parts beyond it
+        self.seal = np.clip(face.canon[fm.LIPS_INNER_LOWER, 1] - face.canon[fm.LIPS_INNER_UPPER, 1], 0.0, None)
         # an open-mouthed portrait: where the closing lips would squeeze its interior into a thin band,
         # the band is painted over with lip colour (a warped mask of the interior tells where it lands)
         self.interior = None
-        if self.portrait_gap > OPEN_PORTRAIT:
+        if open_mouth_gap(self.image, face) > 0:
             import cv2
 
-            poly = np.concatenate([face.landmarks[fm.LIPS_INNER_UPPER, :2], face.landmarks[fm.LIPS_INNER_LOWER[::-1], :2]])
+            poly = _inner_lip_polygon(face.landmarks)
             mask = np.zeros((roi.h, roi.w), np.float32)
             cv2.fillPoly(mask, [np.round((poly - self.origin) * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
             self.interior = cv2.GaussianBlur(mask, (0, 0), 1.0)
@@ -437,8 +489,10 @@ class WarpRenderer:
         uu, vu = local(upper)
         ul, vl = local(lower)
         pu, pv = local(pix)  # (nb, P)
-        v_up = _interp(pu, torch.cummax(uu, 1).values, vu)
-        v_lo = _interp(pu, torch.cummax(ul, 1).values, vl)
+        # lip that the portrait's inner lip lines enclose stays lip: each line is moved in by half of it
+        half = torch.from_numpy(np.ascontiguousarray(0.5 * self.seal[None] * tgt.scale[todo, None], np.float32)).to(dev)
+        v_up = _interp(pu, torch.cummax(uu, 1).values, vu + half)
+        v_lo = _interp(pu, torch.cummax(ul, 1).values, vl - half)
         gap = (v_lo - v_up).clamp_min(0.0)
         f, unit = MOUTH_FEATHER, self.unit
         inside = torch.sigmoid((pv - v_up) / f) * torch.sigmoid((v_lo - pv) / f) * ((pu > 0) & (pu < 1)).to(f32)

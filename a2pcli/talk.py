@@ -151,14 +151,27 @@ def template_motion(motion: Motion, n: int, fps: float) -> tuple[np.ndarray, np.
     return rel, shift, expr
 
 
+def closed_rest(open_gap: float, opening_shape: np.ndarray) -> np.ndarray:
+    """(478, 3) delta that closes a portrait's open mouth: its lip gap `open_gap` (face units,
+    render.open_mouth_gap; 0 for a closed mouth) taken back along the model's own mouth opening
+    (`Audio2Motion.opening_shape()`: the jaw rises with the lower lip). The model's lips are relative to a
+    closed mouth at rest: on an open-mouthed portrait they start from this rest, so the mouth closes in
+    silence and between syllables as a speaker's does, instead of never closing further than the portrait."""
+    return (-float(max(open_gap, 0.0)) * opening_shape).astype(np.float32)
+
+
 def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips: np.ndarray, opts: TalkOptions,
-                 ref_mean: np.ndarray, template: Motion | None = None) -> tuple[Targets, list[str]]:
+                 ref_mean: np.ndarray, template: Motion | None = None,
+                 rest: np.ndarray | None = None) -> tuple[Targets, list[str]]:
     """Target landmarks and pose for n frames of speech. `lips`: (n, 478, 3) expression deltas from the
-    audio2motion model."""
+    audio2motion model; `rest`: (478, 3) delta from the portrait to the closed mouth they are relative to
+    (closed_rest), None for a portrait whose mouth is closed."""
     notes: list[str] = []
     rng = np.random.default_rng(opts.seed)
     db = loudness(audio, fps, n)
     canon = np.repeat(face.canon[None], n, 0) + lips[:n] * opts.expression_scale
+    if rest is not None:
+        canon += rest[None]
     canon += blink_delta(face.canon, blink_curve(n, fps, opts.blink_rate, rng))
 
     shift = np.zeros((n, 3), np.float32)

@@ -4,6 +4,9 @@ For each held-out clip of the shipped audio2motion model (its config lists them)
 is the portrait and its own speech the audio: `a2p audio2video` renders it, MediaPipe reads the output,
 and the output's mouth opening (inner-lip gap over eye-corner distance) is correlated with the real
 clip's, frame by frame. Also the spread ratio (output std over real std) and a loudness-envelope baseline.
+Diagnostics: motion r, the mouth opening of the landmarks a2p commands (the same motion, computed here)
+against the real clip's, and render r, the rendered video's against the commanded: a loss in r splits
+into what the motion loses and what the renderer and re-detection lose.
 
     python benchmarks/eval_lipsync.py [--seconds 8] [--out lipsync]
 
@@ -44,6 +47,28 @@ def clip_frames(path: Path, seconds: float, max_side: int = 512):
     return [f.copy() for f in stream_frames(info, size=size, fps=FPS, end=seconds)]
 
 
+def commanded_series(portrait: Path, audio: np.ndarray, n: int) -> np.ndarray:
+    """The mouth opening of the target landmarks `a2p audio2video --max-size 512 --seed 0` renders."""
+    from a2pcli.animate import PortraitOptions, load_portrait
+    from a2pcli.audio2motion import load_model
+    from a2pcli.headpose import load_reference
+    from a2pcli.landmarks import mouth_opening
+    from a2pcli.render import open_mouth_gap
+    from a2pcli.talk import TalkOptions, closed_rest, talk_targets
+
+    p = load_portrait(portrait, PortraitOptions(max_size=512))
+    a2m = load_model()
+    lips = a2m.predict(audio, FPS, n)
+    rest = closed_rest(open_mouth_gap(p.image, p.face), a2m.opening_shape())
+    tgt, _ = talk_targets(p.face, audio, FPS, n, lips, TalkOptions(seed=0), load_reference().mean, rest=rest)
+    return mouth_opening(tgt.landmarks).astype(np.float64)
+
+
+def _r(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
 def evaluate(clip: Path, seconds: float, tmp: Path) -> dict:
     import cv2
 
@@ -82,8 +107,11 @@ def evaluate(clip: Path, seconds: float, tmp: Path) -> dict:
     ok = np.isfinite(m_real) & np.isfinite(m_out)
     r = float(np.corrcoef(m_real[ok], m_out[ok])[0, 1])
     r_env = float(np.corrcoef(m_real[ok], env[ok])[0, 1])
+    m_cmd = commanded_series(portrait, audio, max(1, int(round(len(audio) / 16000 * FPS))))[:n]
+    m_cmd = np.pad(m_cmd, (0, n - len(m_cmd)), constant_values=np.nan)
     return {"clip": clip.name, "frames": int(ok.sum()), "r": round(r, 3), "envelope_r": round(r_env, 3),
-            "spread": round(float(np.std(m_out[ok]) / max(np.std(m_real[ok]), 1e-9)), 3)}
+            "spread": round(float(np.std(m_out[ok]) / max(np.std(m_real[ok]), 1e-9)), 3),
+            "motion_r": round(_r(m_cmd, m_real), 3), "render_r": round(_r(m_out, m_cmd), 3)}
 
 
 def main() -> None:
@@ -106,11 +134,15 @@ def main() -> None:
             print(f"{name}: skipped ({exc})", file=sys.stderr)
     summary = {"clips": len(rows), "mean_r": round(float(np.mean([r["r"] for r in rows])), 3),
                "mean_envelope_r": round(float(np.mean([r["envelope_r"] for r in rows])), 3),
-               "mean_spread": round(float(np.mean([r["spread"] for r in rows])), 3)}
-    md = ["| held-out clip | frames | r | envelope r | spread |", "|---|---|---|---|---|"]
-    md += [f"| {r['clip']} | {r['frames']} | {r['r']:+.2f} | {r['envelope_r']:+.2f} | {r['spread']:.2f} |" for r in rows]
+               "mean_spread": round(float(np.mean([r["spread"] for r in rows])), 3),
+               "mean_motion_r": round(float(np.mean([r["motion_r"] for r in rows])), 3),
+               "mean_render_r": round(float(np.mean([r["render_r"] for r in rows])), 3)}
+    md = ["| held-out clip | frames | r | envelope r | spread | motion r | render r |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['clip']} | {r['frames']} | {r['r']:+.2f} | {r['envelope_r']:+.2f} | {r['spread']:.2f} "
+           f"| {r['motion_r']:+.2f} | {r['render_r']:+.2f} |" for r in rows]
     md.append(f"\nMean r {summary['mean_r']:.2f} (envelope {summary['mean_envelope_r']:.2f}), "
-              f"mean spread {summary['mean_spread']:.2f}.")
+              f"mean spread {summary['mean_spread']:.2f}; motion r {summary['mean_motion_r']:.2f}, "
+              f"render r {summary['mean_render_r']:.2f}.")
     report = {"summary": summary, "clips": rows}
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))

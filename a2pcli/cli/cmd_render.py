@@ -504,7 +504,8 @@ def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
     from a2pcli.headpose import load_reference
     from a2pcli.outputs import atomic_path
     from a2pcli.progress import Reporter
-    from a2pcli.talk import SAMPLE_RATE, TalkOptions, talk_targets
+    from a2pcli.render import open_mouth_gap
+    from a2pcli.talk import SAMPLE_RATE, TalkOptions, closed_rest, talk_targets
 
     outs = plan_outputs(portraits, audio, args["output"], args["overwrite"])
     fps = float(args["fps"])
@@ -552,7 +553,8 @@ def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
                         notes.append("--motion aniportrait takes only the head pose from --pose: "
                                      "--template-region is ignored")
                 else:
-                    tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template)
+                    rest = closed_rest(open_mouth_gap(portrait.image, portrait.face), a2m.opening_shape())
+                    tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template, rest)
                 with atomic_path(out, args["overwrite"]) as tmp:
                     summary = render(portrait, tgt, fps, tmp, aopts, track, reporter)
                     if args["meta"]:
