@@ -2,7 +2,7 @@
 the same as the released ones), model loaded, 512x512, 25 steps, CFG 3.5, 16-frame windows, overlap 4.
 
     python benchmarks/bench_aniportrait.py [--frames 90] [--steps 25] [--dtype fp16] [--size 512]
-                                           [--compat] [--low-vram] [--compile]
+                                           [--compat] [--low-vram] [--compile] [--acc 1,2] [--profile]
 
 Pose frames come from a real motion (liveportrait_d3.mp4's landmarks, or --pose FILE.pose), drawn the
 way AniPortrait draws them; the reference image is examples/astronaut.jpg. Prints one JSON object:
