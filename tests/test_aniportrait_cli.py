@@ -168,3 +168,18 @@ def test_acc_and_compile_belong_to_the_diffusion_renderer(tmp_path):
                    tmp_path / "x.mp4", "--acc", "2", check=2)
     assert "--acc" in proc.stderr and "--renderer aniportrait" in proc.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.slow
+def test_a_batch_reads_the_weights_once(tiny_folder, speech_1s, tmp_path):
+    faces = [media("sadtalker_happy.png"), media("liveportrait_s9.jpg")]
+    proc = run_a2p("audio2video", *faces, speech_1s, "-o", tmp_path, "--renderer", "aniportrait",
+                   "--weights", tiny_folder, "--steps", "1", "--size", "64", "--device", "cpu",
+                   "--progress", "json", "--json", check=0)
+    summary = json.loads(proc.stdout)
+    assert len(summary["outputs"]) == 2 and not summary["failed"]
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    loads = [e for e in events if e.get("stage") == "load weights" and e.get("done") == 0]
+    assert len(loads) == 1, f"weights loaded {len(loads)} times for two portraits"
+    for out in summary["outputs"]:
+        assert fx.video_frames(out["output"]).shape[0] == 25

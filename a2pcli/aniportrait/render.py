@@ -177,6 +177,20 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+_LOADED: dict = {}  # the last loaded set of networks, by (weights, dtype, device): one at a time
+
+
+def _loaded_models(weights_source: str | None, dtype: str, device: str, reporter: Reporter | None = None):
+    """load_models, kept for the next call with the same weights, dtype and device: a batch
+    (`a2p audio2video faces/*.png speech.wav --renderer aniportrait`) reads and checks the weights once.
+    The weights are still verified (sha256) when first opened; a different set replaces this one."""
+    key = (str(weights_source), dtype, device)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_models(weights_source, dtype, device, reporter)
+    return _LOADED[key]
+
+
 def load_models(weights_source: str | None, dtype: str, device: str, reporter: Reporter | None = None):
     """Open the weights (sha256 + strict keys) and build the five networks on `device`."""
     import torch
@@ -251,14 +265,15 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
         reporter.warn("the aniportrait renderer on the CPU takes minutes per frame at full size; use a GPU, "
                       "or the embedded renderer (--renderer embedded)")
 
-    models = load_models(dopts.weights, dtype, choice.device, reporter)
+    models = _loaded_models(dopts.weights, dtype, choice.device, reporter)
     from a2pcli.aniportrait.runtime import speed_settings
 
     notes = []
     compiled = bool(dopts.compile) and choice.device.startswith("cuda")
     if dopts.compile and not compiled:
         notes.append("--compile applies on a GPU only: the denoiser ran uncompiled")
-    speed_settings(models, compile=compiled)
+    speed_settings(models, compile=compiled and not getattr(models, "compiled", False))  # a batch reuses the set
+    models.compiled = getattr(models, "compiled", False) or compiled
     t_load = time.perf_counter() - t0
 
     from a2pcli.interpolate import key_frames
