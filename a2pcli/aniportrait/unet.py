@@ -293,6 +293,7 @@ class ReferenceBank:
         self.tensors = dict(tensors)
         self.cond_only = bool(cond_only)
         self.fp16_round = bool(fp16_round)
+        self._kv: dict = {}  # keys_values cache
         if not self.cond_only:
             odd = [k for k, v in self.tensors.items() if v.shape[0] % 2]
             if odd:
@@ -331,16 +332,15 @@ class ReferenceBank:
         for every window of every step, so projecting it again per call (16 frames x 2 layers x 25
         steps x every window) is wasted work. Exact: the same linear maps on the same values."""
         key = (id(attns), dtype, device)
-        cache = self.__dict__.setdefault("_kv", {})
-        if key not in cache:
-            cache.clear()  # one denoiser at a time
+        if key not in self._kv:
+            self._kv.clear()  # one denoiser at a time
             with torch.no_grad():
                 kv = {}
                 for path, attn in attns.items():
                     ref = self.cond(path).to(device=device, dtype=dtype)
                     kv[path] = (attn.to_k(ref), attn.to_v(ref))
-            cache[key] = kv
-        return cache[key]
+            self._kv[key] = kv
+        return self._kv[key]
 
 
 class _WriteDone(Exception):
