@@ -14,7 +14,7 @@ from a2pcli import device, doctor
 from a2pcli.device import DeviceChoice, JobEstimate, parse_device, preflight
 from a2pcli.errors import EnvironmentProblem, InputError
 
-BASE_CHECKS = ("python", "torch", "cudnn", "ram", "disk_cache", "disk_output", "ffmpeg", "mediapipe", "opencv")
+BASE_CHECKS = ("python", "bytecode", "torch", "cudnn", "ram", "disk_cache", "disk_output", "ffmpeg", "mediapipe", "opencv")
 STATUSES = {"ok", "warn", "fail"}
 ABSURD_VRAM = 10 * 10**12  # 10 TB: more than any GPU has
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device visible to torch")
@@ -135,6 +135,27 @@ def test_cudnn_not_applicable_without_cuda():
     check = doctor.check_cudnn()
     if not torch.cuda.is_available():
         assert (check.status, check.summary) == ("ok", "not applicable (no CUDA device)")
+
+
+def test_bytecode_check_here_and_when_python_may_not_cache(monkeypatch, tmp_path):
+    """torch compiled again at every start (PYTHONDONTWRITEBYTECODE, read-only site-packages) is a warning
+    with the fix; a cached or cacheable torch is fine."""
+    import importlib.util
+
+    assert doctor.check_bytecode().status == "ok"  # this machine caches bytecode
+    cache_file = tmp_path / "torch" / "__pycache__" / "__init__.cpython-311.pyc"
+    monkeypatch.setattr(importlib.util, "cache_from_source", lambda src: str(cache_file))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    check = doctor.check_bytecode()
+    assert check.status == "warn" and "PYTHONDONTWRITEBYTECODE" in check.summary
+    assert "compileall" in check.remedy and "torch" in check.remedy
+    monkeypatch.setattr(doctor, "_writable", lambda folder: False)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    check = doctor.check_bytecode()
+    assert check.status == "warn" and "not writable" in check.summary and "PYTHONPYCACHEPREFIX" in check.remedy
+    cache_file.parent.mkdir(parents=True)
+    cache_file.write_bytes(b"")
+    assert doctor.check_bytecode().status == "ok"
 
 
 def test_opencv_gui_parsing():
