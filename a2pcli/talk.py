@@ -29,6 +29,7 @@ WANDER_DEG = np.array([3.2, 2.0, 1.3])
 WANDER_HZ = (0.07, 0.45)
 NOD_DEG = 2.2
 CROSSFADE_S = 0.5  # template loops: cross-faded joins
+TARGET_CHUNK = 1000  # frames of target landmarks computed at a time (bounded temporaries for any length)
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,8 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
     notes: list[str] = []
     rng = np.random.default_rng(opts.seed)
     db = loudness(audio, fps, n)
-    canon = np.repeat(face.canon[None], n, 0) + lips[:n] * opts.expression_scale
-    if rest is not None:
-        canon += rest[None]
-    canon += blink_delta(face.canon, blink_curve(n, fps, opts.blink_rate, rng))
+    closure = blink_curve(n, fps, opts.blink_rate, rng)
+    expr = expr_w = None  # the template's expression and where it applies (--template-region)
 
     shift = np.zeros((n, 3), np.float32)
     if opts.still:
@@ -190,7 +189,7 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
                     brows[np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW, fm.FOREHEAD])] = 1.0
                     w = np.maximum(w, brows)
                 lips_w = region_weights(ref_mean, "lips")
-                canon += expr * (w * (1 - lips_w))[None, :, None]  # the lips always follow the speech
+                expr_w = (w * (1 - lips_w))[None, :, None]  # the lips always follow the speech
         if len(template) * fps / template.fps < n:
             notes.append("the head-motion template is shorter than the audio: it is played back and forth")
     else:
@@ -201,9 +200,19 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
     t = np.arange(n) / fps
     shift = shift * opts.pose_scale
     shift[:, 1] += BREATH_UNITS * np.sin(2 * np.pi * BREATH_HZ * t)
-    canon = _no_crossing(canon)
     rot = (rel @ face.rotation).astype(np.float32)
     trans = (face.translation[None] + shift * face.scale).astype(np.float32)
     scale = np.full(n, face.scale, np.float32)
-    lm = apply_pose(canon.astype(np.float32), rot, trans, scale)
+    # the landmarks, a chunk of frames at a time: only the (T, 478, 3) result grows with the length
+    lm = np.empty((n, *face.canon.shape), np.float32)
+    for a in range(0, n, TARGET_CHUNK):
+        b = min(n, a + TARGET_CHUNK)
+        canon = face.canon[None] + lips[a:b] * opts.expression_scale
+        if rest is not None:
+            canon += rest[None]
+        canon += blink_delta(face.canon, closure[a:b])
+        if expr_w is not None:
+            canon += expr[a:b] * expr_w
+        canon = _no_crossing(canon)
+        lm[a:b] = apply_pose(canon.astype(np.float32), rot[a:b], trans[a:b], scale[a:b])
     return Targets(lm, rot, trans, scale), notes
