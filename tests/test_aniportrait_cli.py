@@ -164,7 +164,7 @@ def test_acc_diffuses_every_other_frame_and_interpolates_the_rest(tiny_folder, s
 
 
 def test_acc_and_compile_belong_to_the_diffusion_renderer(tmp_path):
-    proc = run_a2p("audio2video", media("sadtalker_happy.png"), media("sadtalker_happy.png"), "-o",
+    proc = run_a2p("audio2video", media("sadtalker_happy.png"), media("sadtalker_RD_Radio31_000.wav"), "-o",
                    tmp_path / "x.mp4", "--acc", "2", check=2)
     assert "--acc" in proc.stderr and "--renderer aniportrait" in proc.stderr
     assert not (tmp_path / "x.mp4").exists()

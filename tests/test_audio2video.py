@@ -120,6 +120,39 @@ def test_batch_of_portraits(capsys, tmp_path, speech_wav):
                                                          "sadtalker_happy_speech_then_silence.mp4"]
 
 
+def test_portraits_times_audio_files_in_one_run(capsys, tmp_path):
+    """Every portrait speaks every audio file, one video each, each as long as its audio; a bad audio file is
+    reported and the other pairs still render."""
+    a = write_wav(tmp_path / "one.wav", tone_speech(1.0))
+    b = write_wav(tmp_path / "two.wav", tone_speech(0.6, seed=1))
+    (tmp_path / "bad.wav").write_text("not audio\n")
+    outdir = tmp_path / "outs"
+    outdir.mkdir()
+    code, out, err = a2p(capsys, "audio2video", media("sadtalker_happy.png"), media("liveportrait_s9.jpg"), a,
+                         tmp_path / "bad.wav", b, "--crop", "--size", "128", "-o", outdir, "--json")
+    s = json.loads(out)
+    assert code == EXIT_BAD_INPUT and "bad.wav" in err
+    assert [(f["audio"], Path(f["input"]).name) for f in s["failed"]] == [
+        (str(tmp_path / "bad.wav"), "sadtalker_happy.png"), (str(tmp_path / "bad.wav"), "liveportrait_s9.jpg")]
+    assert sorted(p.name for p in outdir.iterdir()) == ["liveportrait_s9_one.mp4", "liveportrait_s9_two.mp4",
+                                                         "sadtalker_happy_one.mp4", "sadtalker_happy_two.mp4"]
+    for r in s["outputs"]:
+        frames, meta = read_video(Path(r["output"]))
+        seconds = 1.0 if r["audio"] == str(a) else 0.6
+        assert abs(len(frames) / meta["fps"] - seconds) <= 1 / meta["fps"] + 1e-6, r
+
+
+def test_several_audio_files_need_an_output_directory_and_images_come_first(capsys, tmp_path):
+    a = write_wav(tmp_path / "one.wav", tone_speech(0.5))
+    b = write_wav(tmp_path / "two.wav", tone_speech(0.5))
+    code, _, err = a2p(capsys, "audio2video", media("sadtalker_happy.png"), a, b, "-o", tmp_path / "x.mp4")
+    assert code == EXIT_BAD_INPUT and "-o must be an existing directory" in err
+    code, _, err = a2p(capsys, "audio2video", media("sadtalker_happy.png"), a, media("liveportrait_s9.jpg"),
+                       "-o", tmp_path)
+    assert code == EXIT_BAD_INPUT and "liveportrait_s9.jpg" in err and "portraits come first" in err
+    assert not list(tmp_path.glob("*.mp4"))
+
+
 def test_template_and_still(capsys, tmp_path, speech_wav):
     template = np.zeros((20, 6), np.float32)
     template[:, 1] = np.linspace(0, 10, 20)

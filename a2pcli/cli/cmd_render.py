@@ -174,22 +174,61 @@ def check_model(name_or_path: str | None) -> None:
                          remedy="see `a2p models list`")
 
 
-def plan_outputs(portraits: list[Path], driver: Path, output: Path | None, overwrite: bool) -> list[Path]:
-    """One video per portrait: `<portrait>_<driver>.mp4` beside the portrait, in an -o directory, or -o itself."""
+def plan_pair_outputs(pairs: list[tuple[Path, Path]], output: Path | None, overwrite: bool) -> list[Path]:
+    """One video per (portrait, driver) pair: `<portrait>_<driver>.mp4` beside the portrait, in an -o
+    directory, or -o itself (one pair only). Two pairs that would write the same file are an error."""
     from a2pcli.outputs import check_output
 
-    names = [f"{p.stem}_{driver.stem}{VIDEO_SUFFIX}" for p in portraits]
+    names = [f"{p.stem}_{d.stem}{VIDEO_SUFFIX}" for p, d in pairs]
     if output is None:
-        outs = [p.with_name(n) for p, n in zip(portraits, names)]
+        outs = [p.with_name(n) for (p, _), n in zip(pairs, names)]
     elif output.is_dir():
         outs = [output / n for n in names]
-    elif len(portraits) > 1:
-        raise InputError("with several portraits, -o must be an existing directory", subject=str(output))
+    elif len(pairs) > 1:
+        what = "portraits" if len({d for _, d in pairs}) == 1 else "portraits or audio files"
+        raise InputError(f"with several {what}, -o must be an existing directory", subject=str(output))
     else:
         outs = [output]
-    for out in outs:
+    seen: dict[Path, tuple[Path, Path]] = {}
+    for out, pair in zip(outs, pairs):
+        if out in seen:
+            first = seen[out]
+            raise InputError(f"{first[0]} with {first[1]} and {pair[0]} with {pair[1]} would both write {out.name}",
+                             subject=str(out), remedy="rename one of the inputs, or render them in separate runs")
+        seen[out] = pair
         check_output(out, overwrite)
     return outs
+
+
+def plan_outputs(portraits: list[Path], driver: Path, output: Path | None, overwrite: bool) -> list[Path]:
+    """One video per portrait, all driven by `driver` (see plan_pair_outputs)."""
+    return plan_pair_outputs([(p, driver) for p in portraits], output, overwrite)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _looks_like_image(path: Path) -> bool:
+    from a2pcli.media import is_image
+
+    return path.suffix.lower() in IMAGE_SUFFIXES or (path.is_file() and is_image(path))
+
+
+def split_talk_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """audio2video's positional arguments -> (portraits, audio files): the images first, then the speech."""
+    example = "e.g. a2p audio2video face.jpg speech.wav, or a2p audio2video a.png b.png one.wav two.wav -o outdir/"
+    if len(inputs) < 2:
+        raise InputError("expected one or more portraits, then one or more audio files", subject="a2p audio2video",
+                         remedy=example)
+    i = 1
+    while i < len(inputs) - 1 and _looks_like_image(inputs[i]):
+        i += 1
+    portraits, audios = list(inputs[:i]), list(inputs[i:])
+    for audio in audios:
+        if _looks_like_image(audio):
+            raise InputError("is an image where speech was expected: the portraits come first, then the audio files",
+                             subject=str(audio), remedy=example)
+    return portraits, audios
 
 
 def check_driven(portrait: Path, driver: Path, driver_what: str, driver_suffixes: tuple[str, ...],
@@ -206,8 +245,8 @@ def check_driven(portrait: Path, driver: Path, driver_what: str, driver_suffixes
 def audio2video(
     inputs: Annotated[
         list[Path],
-        typer.Argument(help="One or more portrait images, then one speech audio file (wav, mp3, flac, m4a...).",
-                       show_default=False, metavar="PORTRAITS... AUDIO"),
+        typer.Argument(help="One or more portrait images, then one or more speech files (wav, mp3, flac, m4a...).",
+                       show_default=False, metavar="PORTRAITS... AUDIO..."),
     ],
     output: Annotated[
         Optional[Path],
@@ -266,18 +305,17 @@ def audio2video(
 
     Lip sync, blinks, expression and head motion, all generated from the speech (or head motion from --pose).
 
-    PORTRAITS: one or more images (one face each); AUDIO: speech (wav, mp3, flac, m4a...). Several portraits
-    share one audio and write one video each. The --model default is the shipped audio2motion model.
+    PORTRAITS: one or more images (one face each); AUDIO: one or more speech files (wav, mp3, flac, m4a...).
+    Every portrait speaks every audio file, one video each, in one process (models loaded once). The
+    --model default is the shipped audio2motion model.
 
     Example: a2p audio2video face.jpg speech.wav -o talk.mp4
     """
-    if len(inputs) < 2:
-        raise InputError("expected one or more portraits, then one audio file", subject="a2p audio2video",
-                         remedy="e.g. a2p audio2video face.jpg speech.wav")
-    *portraits, audio = inputs
+    portraits, audios = split_talk_inputs(inputs)
     for portrait in portraits:
         check_file(portrait, "portrait")
-    check_file(audio, "audio")
+    for audio in audios:
+        check_file(audio, "audio")
     if pose is not None:
         check_file(pose, "head-pose file", POSE_SUFFIXES)
         if still:
@@ -285,12 +323,12 @@ def audio2video(
                              remedy="pass one of them")
     check_batch_size(batch_size)
     check_model(model)
-    plan_outputs(portraits, audio, output, overwrite)
+    plan_pair_outputs([(p, a) for a in audios for p in portraits], output, overwrite)
     check_renderer(locals())
     if motion is MotionModel.aniportrait and renderer is not Renderer.aniportrait:
         raise InputError("AniPortrait's audio2mesh/audio2pose landmarks need the diffusion renderer",
                          subject="--motion aniportrait", remedy="add --renderer aniportrait, or use --motion a2p")
-    run_talk(locals(), portraits, audio)
+    run_talk(locals(), portraits, audios)
 
 
 def vid2vid(
@@ -493,8 +531,10 @@ def run_driven(command: str, args: dict, audio: Path | None) -> None:
         finish(sink, summary, args["json_out"], _human(summary), args["quiet"])
 
 
-def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
-    """audio2video: speech -> lips (audio2motion model), blinks and head motion -> one video per portrait."""
+def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
+    """audio2video: speech -> lips (audio2motion model), blinks and head motion -> one video per portrait and
+    audio file. The models load once; each audio is decoded and turned into motion once; each portrait is
+    found once. In a batch a failing input is reported and the others still render."""
     import json as _json
 
     from a2pcli.animate import AnimateOptions, PortraitOptions, load_portrait, render_video
@@ -507,7 +547,9 @@ def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
     from a2pcli.render import open_mouth_gap
     from a2pcli.talk import SAMPLE_RATE, TalkOptions, closed_rest, talk_targets
 
-    outs = plan_outputs(portraits, audio, args["output"], args["overwrite"])
+    pairs = [(p, a) for a in audios for p in portraits]
+    out_of = dict(zip(pairs, plan_pair_outputs(pairs, args["output"], args["overwrite"])))
+    batch = len(pairs) > 1
     fps = float(args["fps"])
     popts = PortraitOptions(crop=args["crop"], size=args["size"] or DEFAULT_CROP_SIZE, max_size=args["max_size"])
     aopts = AnimateOptions(crf=args["crf"], device=args["device"], batch_size=args["batch_size"],
@@ -515,62 +557,81 @@ def run_talk(args: dict, portraits: list[Path], audio: Path) -> None:
     topts = TalkOptions(template=args["pose"], template_region=args["template_region"].value, still=args["still"],
                         pose_scale=args["pose_scale"], expression_scale=args["expression_scale"],
                         blink_rate=args["blink_rate"], seed=args["seed"])
+    aniportrait_motion = args.get("motion") is MotionModel.aniportrait
     results, failures = [], []
     with session("audio2video", args["progress"], args["quiet"]) as sink:
         reporter = Reporter(sink)
-        reporter.stage("read the audio", total=None)
-        track = probe_audio(audio)
-        if track is None:
-            raise InputError("has no audio stream", subject=str(audio), remedy="pass a speech file or a video with sound")
-        samples = load_audio(audio, SAMPLE_RATE)
-        n = max(1, int(round(len(samples) / SAMPLE_RATE * fps)))
-        reporter.stage("speech to motion", total=None)
-        speech = template = lips = None
-        if args.get("motion") is MotionModel.aniportrait:  # AniPortrait's audio2mesh + audio2pose
-            from a2pcli.aniportrait.motion import load_pose_template, speech_motion
-
-            speech = speech_motion(samples, args["weights"], args["seed"],
-                                   load_pose_template(topts.template) if topts.template is not None else None,
-                                   topts.still, topts.pose_scale, topts.expression_scale, args["device"], reporter)
-        else:
+        a2m = template = None
+        if not aniportrait_motion:
             from a2pcli.audio2motion import load_model
 
+            reporter.stage("load the speech model", total=None)
             a2m = load_model(args["model"])
-            lips = a2m.predict(samples, fps, n)
             if topts.template is not None:
                 from a2pcli.motion import load_motion
 
                 template = load_motion(topts.template)
         ref_mean = load_reference().mean
         render = renderer_for(args) or render_video
-        for portrait_path, out in zip(portraits, outs):
+        found = {}  # portrait path -> its loaded Portrait, for the next audio file
+        for audio in audios:
             try:
-                portrait = load_portrait(portrait_path, popts, reporter)
-                if speech is not None:
-                    h, w = portrait.image.shape[:2]
-                    tgt, notes = speech.targets(portrait.face.landmarks, w, h, fps, n), list(speech.notes)
-                    if topts.template is not None and topts.template_region != "pose":
-                        notes.append("--motion aniportrait takes only the head pose from --pose: "
-                                     "--template-region is ignored")
+                reporter.stage("read the audio", total=None)
+                track = probe_audio(audio)
+                if track is None:
+                    raise InputError("has no audio stream", subject=str(audio),
+                                     remedy="pass a speech file or a video with sound")
+                samples = load_audio(audio, SAMPLE_RATE)
+                n = max(1, int(round(len(samples) / SAMPLE_RATE * fps)))
+                reporter.stage("speech to motion", total=None)
+                speech = lips = None
+                if aniportrait_motion:  # AniPortrait's audio2mesh + audio2pose
+                    from a2pcli.aniportrait.motion import load_pose_template, speech_motion
+
+                    speech = speech_motion(samples, args["weights"], args["seed"],
+                                           load_pose_template(topts.template) if topts.template is not None else None,
+                                           topts.still, topts.pose_scale, topts.expression_scale, args["device"],
+                                           reporter)
                 else:
-                    rest = closed_rest(open_mouth_gap(portrait.image, portrait.face), a2m.opening_shape())
-                    tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template, rest)
-                with atomic_path(out, args["overwrite"]) as tmp:
-                    summary = render(portrait, tgt, fps, tmp, aopts, track, reporter)
-                    if args["meta"]:
-                        inputs = [portrait_path, audio] + ([topts.template] if topts.template else [])
-                        meta = _meta("audio2video", args, summary, inputs)
-                        with atomic_path(out.with_suffix(out.suffix + ".json"), True) as mtmp:
-                            mtmp.write_text(_json.dumps(meta, indent=2, default=str) + "\n")
-                results.append({"output": str(out), "portrait": str(portrait_path), "audio": str(audio), **summary,
-                                "notes": portrait.notes + notes + summary.get("notes", [])})
+                    lips = a2m.predict(samples, fps, n)
             except A2PError as exc:
-                if len(portraits) == 1:
+                if not batch:
                     raise
-                failures.append((portrait_path, exc))
+                failures += [((p, audio), exc) for p in portraits]
                 report_failure(sink, exc.one_line(), exc.exit_code)
-        summary = results[0] if len(portraits) == 1 else {
-            "outputs": results, "failed": [{"input": str(p), "error": e.one_line()} for p, e in failures]}
+                continue
+            for portrait_path in portraits:
+                out = out_of[(portrait_path, audio)]
+                try:
+                    portrait = found.get(portrait_path) or load_portrait(portrait_path, popts, reporter)
+                    found[portrait_path] = portrait
+                    if speech is not None:
+                        h, w = portrait.image.shape[:2]
+                        tgt, notes = speech.targets(portrait.face.landmarks, w, h, fps, n), list(speech.notes)
+                        if topts.template is not None and topts.template_region != "pose":
+                            notes.append("--motion aniportrait takes only the head pose from --pose: "
+                                         "--template-region is ignored")
+                    else:
+                        rest = closed_rest(open_mouth_gap(portrait.image, portrait.face), a2m.opening_shape())
+                        tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template,
+                                                  rest)
+                    with atomic_path(out, args["overwrite"]) as tmp:
+                        summary = render(portrait, tgt, fps, tmp, aopts, track, reporter)
+                        if args["meta"]:
+                            inputs = [portrait_path, audio] + ([topts.template] if topts.template else [])
+                            meta = _meta("audio2video", args, summary, inputs)
+                            with atomic_path(out.with_suffix(out.suffix + ".json"), True) as mtmp:
+                                mtmp.write_text(_json.dumps(meta, indent=2, default=str) + "\n")
+                    results.append({"output": str(out), "portrait": str(portrait_path), "audio": str(audio),
+                                    **summary, "notes": portrait.notes + notes + summary.get("notes", [])})
+                except A2PError as exc:
+                    if not batch:
+                        raise
+                    failures.append(((portrait_path, audio), exc))
+                    report_failure(sink, exc.one_line(), exc.exit_code)
+        summary = results[0] if not batch else {
+            "outputs": results,
+            "failed": [{"input": str(p), "audio": str(a), "error": e.one_line()} for (p, a), e in failures]}
         finish(sink, summary, args["json_out"], "\n".join(_human(r) for r in results), args["quiet"])
     if failures:
         raise typer.Exit(failures[0][1].exit_code)
