@@ -126,7 +126,7 @@ def _writable(folder: Path) -> bool:
 def check_bytecode() -> Check:
     """Whether Python keeps torch's compiled bytecode between runs. When it cannot (PYTHONDONTWRITEBYTECODE
     is set, or torch sits in a read-only folder without .pyc files), every a2p start compiles torch's
-    2000-odd modules again: 3.5-6 s per start measured on a GPU machine, 1.6-1.9 s with the cache."""
+    2000-odd modules again: 3.5-6 s per start measured on a GPU machine, 1.6-2.2 s with the cache."""
     import importlib.util
 
     spec = importlib.util.find_spec("torch")  # finds the package without importing it

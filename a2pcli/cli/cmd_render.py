@@ -604,7 +604,8 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
                 out = out_of[(portrait_path, audio)]
                 try:
                     portrait = found.get(portrait_path) or load_portrait(portrait_path, popts, reporter)
-                    found[portrait_path] = portrait
+                    if len(audios) > 1:  # kept only when another audio file will need it
+                        found[portrait_path] = portrait
                     if speech is not None:
                         h, w = portrait.image.shape[:2]
                         tgt, notes = speech.targets(portrait.face.landmarks, w, h, fps, n), list(speech.notes)
