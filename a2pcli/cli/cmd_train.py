@@ -123,7 +123,87 @@ def _human(s: dict) -> str:
             f"{s['elapsed_s']:.0f} s")
 
 
+PoseDirs = Annotated[
+    Optional[list[Path]],
+    typer.Option("--poses", help="Folder of precomputed .pose files (`a2p extract-pose`), named <video stem>.pose; "
+                 "used for the videos they were made from (checked by hash), the others are extracted. Repeatable.",
+                 show_default=False),
+]
+PoseData = Annotated[
+    list[Path],
+    typer.Option("--data", help="Folder of talking videos with speech (searched recursively; repeat for several), "
+                 "or the dataset.npz an earlier run prepared (no videos or MediaPipe needed).", show_default=False),
+]
+
+
+def audio2pose(
+    data: PoseData,
+    output: ModelDir,
+    preset: PresetOpt = Preset.default,
+    epochs: Epochs = None,
+    batch_size: TrainBatch = None,
+    lr: LearningRate = None,
+    val_speakers: ValSpeakers = None,
+    resume: Resume = None,
+    poses: PoseDirs = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Train the speech -> head motion model on talking videos.
+
+    Learns head rotation and translation from the videos' head pose and their speech; writes the model
+    folder, its checkpoints, a log and the prepared dataset (dataset.npz).
+
+    \b
+      a2p train audio2pose --data clips/ -o my-pose-model
+      a2p train audio2pose --data my-pose-model/dataset.npz -o my-pose-model --device cuda
+
+    Use the result with `a2p audio2video --head my-pose-model`.
+    """
+    from a2pcli.progress import Reporter
+    from a2pcli.train_a2p import TrainOptions, output_check, train
+
+    check_pose_training_inputs(data, output, resume, val_speakers, poses or [])
+    output_check(output)
+    opts = TrainOptions(
+        data=tuple(data), output=output, preset=preset.value, epochs=epochs, batch_size=batch_size, lr=lr,
+        val_speakers=tuple(s.strip() for s in val_speakers.split(",") if s.strip()) if val_speakers else None,
+        resume=resume, seed=seed, device=device, poses=tuple(poses or ()),
+    )
+    with session("train audio2pose", progress, quiet) as sink:
+        summary = train(opts, Reporter(sink))
+    finish(sink, summary, json_out, _human_pose(summary), quiet)
+
+
+def check_pose_training_inputs(data: list[Path], output: Path, resume: Path | None, val_speakers: str | None,
+                               poses: list[Path]) -> None:
+    folders = [d for d in data if not (d.is_file() and d.suffix == ".npz")]  # a prepared dataset is a file
+    check_training_inputs(folders, output, resume, val_speakers)
+    for folder in poses:
+        if not folder.is_dir():
+            raise InputError("pose folder not found" if not folder.exists() else "is not a folder",
+                             subject=str(folder), remedy="--poses takes a folder of .pose files")
+
+
+def _human_pose(s: dict) -> str:
+    v = s.get("validation") or {}
+    metrics = ""
+    if "val_model_std_ratio" in v:
+        fmt = lambda x: "/".join(f"{a:.2f}" for a in x)  # noqa: E731
+        metrics = (f"; held out: spread x{fmt(v['val_model_std_ratio'])} and speed x{fmt(v['val_model_velocity_ratio'])} "
+                   f"of the real motion (yaw/pitch/roll), head speed vs speech onsets r {v['val_model_onset_r']:.3f} "
+                   f"(real {v['val_real_onset_r']:.3f})")
+    d = s["data"]
+    return (f"{s['output']}: {s['epochs']} epochs ({s['steps']} steps) on {d['train']['clips']} clips of "
+            f"{d['train']['speakers']} speakers, {d['val']['clips']} clips of {d['val']['speakers']} held out{metrics}; "
+            f"{s['elapsed_s']:.0f} s")
+
+
 def register(app: typer.Typer) -> None:
     train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
     train_app.command("audio2motion")(audio2motion)
+    train_app.command("audio2pose")(audio2pose)
     app.add_typer(train_app, name="train", help=TRAIN_HELP)
