@@ -8,16 +8,20 @@
 in face units (the outer eye corners 1 apart; image axes, y down), RELATIVE to the portrait's own pose:
 about zero-mean over a few seconds, so the portrait keeps its pose on average.
 
-Stochastic: several plausible motions fit the same speech; `seed` picks one, and the same seed, speech and
-length give the same motion on any machine (the noise comes from numpy's seeded generator).
+Stochastic: several plausible motions fit the same speech; `seed` picks one. The same seed, speech and
+length give the same motion (the noise comes from numpy's seeded generator, the same on every machine; the
+network's float32 arithmetic may differ in the last bits between CPUs).
 
 How: a conditional flow-matching model (rectified flow). Speech features at 100 Hz (normalised log-mel,
-a2pcli.features, and loudness / pitch / voicing, a2pcli.prosody) -> an audio encoder (two strided convs
-to POSE_RATE, dilated residual blocks that see about +-0.7 s) -> a per-frame condition. A denoiser (dilated
-residual blocks over time, about +-2.5 s each side, modulated by the flow time) turns Gaussian noise
-(T, N_POSE) into a motion by integrating its velocity field over `steps` midpoint steps. Every layer is a
-convolution with a finite receptive field and the noise is stationary, so the motion cannot drift: 10
-minutes of speech are one pass (in chunks with exact overlaps), with no state carried along.
+a2pcli.features, averaged into coarser bands, and loudness / pitch / voicing, a2pcli.prosody) -> an audio
+encoder (two strided convs to POSE_RATE, dilated residual blocks that see about +-0.7 s) -> a per-frame
+condition. A denoiser (dilated residual blocks over time, about +-2.5 s each side, modulated by the flow
+time, the condition added in every block) turns Gaussian noise (T, N_POSE) into a motion by integrating its
+velocity field over `steps` midpoint steps, with classifier-free guidance on the speech (`guidance`: the
+velocity is pushed away from the one the denoiser predicts without speech, which ties the motion more
+firmly to the speech). Every layer is a convolution with a finite receptive field and the noise is
+stationary, so the motion cannot drift: 10 minutes of speech are one pass (in chunks with exact
+overlaps), with no state carried along.
 
 A model folder holds `config.json` (A2PConfig, the feature settings, `meta`: training data and metrics)
 and `model.safetensors` (the network's weights).
@@ -65,6 +69,7 @@ class A2PConfig:
     """The network's shape and sampling: its constructor arguments, saved as config.json's "model"."""
 
     n_input: int = N_INPUT
+    mel_pool: int = 8  # neighbouring mel bands averaged in groups of this many (coarser spectra generalise better)
     channels: int = 48
     kernel: int = 3
     audio_dilations: tuple[int, ...] = (1, 2, 4, 8)  # audio encoder blocks, at POSE_RATE
@@ -72,8 +77,9 @@ class A2PConfig:
     n_pose: int = N_POSE
     pose_std: tuple[float, ...] = (4.0, 3.0, 2.5, 0.1, 0.08)  # per-channel scale of the motion (set from data)
     steps: int = 8  # midpoint steps of the sampler (two network calls each)
-    guidance: float = 1.0  # classifier-free guidance on the speech (1: none)
+    guidance: float = 4.0  # classifier-free guidance on the speech (1: none)
     smooth_s: float = 0.04  # Gaussian smoothing of the sampled motion, seconds (sigma; 0: off)
+    dropout: float = 0.1  # in every residual block, while training
 
     @property
     def context_frames(self) -> int:
@@ -93,6 +99,8 @@ class A2PConfig:
         cfg = A2PConfig(**d)
         if len(cfg.pose_std) != cfg.n_pose or min(cfg.pose_std) <= 0 or cfg.steps < 1:
             raise ValueError("pose_std must hold n_pose positive values and steps must be >= 1")
+        if cfg.mel_pool < 1 or features.N_MELS % cfg.mel_pool:
+            raise ValueError(f"mel_pool must divide {features.N_MELS}")
         return cfg
 
 
@@ -118,59 +126,79 @@ def build_network(cfg: A2PConfig):
             return self.norm(x.transpose(1, 2)).transpose(1, 2)
 
     class Block(nn.Module):
-        """Pre-norm residual dilated conv; with `film`, the normalised input is scaled and shifted by
-        (B, 2C) from the flow time."""
+        """Pre-norm residual dilated conv. In the denoiser the normalised input is scaled and shifted by
+        `film` (B, 2C) from the flow time and the speech condition `cond` (B, C, T) is added to it."""
 
-        def __init__(self, c: int, k: int, d: int):
+        def __init__(self, c: int, k: int, d: int, p: float):
             super().__init__()
             self.norm = ChannelNorm(c)
             self.conv = nn.Conv1d(c, c, k, dilation=d, padding=d * (k - 1) // 2)
             self.act = nn.GELU()
+            self.drop = nn.Dropout(p)
             self.proj = nn.Conv1d(c, c, 1)
 
-        def forward(self, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        def forward(self, x: torch.Tensor, film: torch.Tensor | None = None,
+                    cond: torch.Tensor | None = None) -> torch.Tensor:
             h = self.norm(x)
             if film is not None:
                 scale, shift = film.chunk(2, dim=1)
                 h = h * (1 + scale[:, :, None]) + shift[:, :, None]
-            return x + self.proj(self.act(self.conv(h)))
+            if cond is not None:
+                h = h + cond
+            return x + self.proj(self.drop(self.act(self.conv(h))))
 
     class AudioEncoder(nn.Module):
-        """x: (B, n_input, T100) -> (B, C, ceil(T100 / 4)) condition at POSE_RATE."""
+        """x: (B, n_input, T100) -> (B, C, ceil(T100 / 4)) condition at POSE_RATE. The mel bands are first
+        averaged in groups of `mel_pool`."""
 
         def __init__(self, c: A2PConfig):
             super().__init__()
-            self.inp = nn.Sequential(nn.Conv1d(c.n_input, c.channels, 5, stride=2, padding=2), nn.GELU(),
+            self.pool = c.mel_pool
+            n_in = features.N_MELS // c.mel_pool + c.n_input - features.N_MELS
+            self.inp = nn.Sequential(nn.Conv1d(n_in, c.channels, 5, stride=2, padding=2), nn.GELU(),
                                      nn.Conv1d(c.channels, c.channels, 5, stride=2, padding=2))
-            self.blocks = nn.ModuleList([Block(c.channels, c.kernel, d) for d in c.audio_dilations])
+            self.blocks = nn.ModuleList([Block(c.channels, c.kernel, d, c.dropout) for d in c.audio_dilations])
             self.norm = ChannelNorm(c.channels)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.pool > 1:
+                mels = x[:, : features.N_MELS]
+                mels = mels.reshape(x.shape[0], features.N_MELS // self.pool, self.pool, x.shape[2]).mean(2)
+                x = torch.cat([mels, x[:, features.N_MELS :]], dim=1)
             h = self.inp(x)
             for b in self.blocks:
                 h = b(h)
             return self.norm(h)
 
     class Denoiser(nn.Module):
-        """x_t: (B, n_pose, T), cond: (B, C, T), t: (B,) in [0, 1] -> velocity (B, n_pose, T)."""
+        """x_t: (B, n_pose, T), the speech condition (B, C, T) made ready by `prepare`, t: (B,) in [0, 1]
+        -> velocity (B, n_pose, T). The condition enters every block (a per-block projection, computed once
+        per sampling since it does not depend on t)."""
 
         def __init__(self, c: A2PConfig):
             super().__init__()
-            self.inp = nn.Conv1d(c.n_pose + c.channels, c.channels, 1)
+            self.n_blocks = len(c.dilations)
+            self.inp = nn.Conv1d(c.n_pose, c.channels, 1)
+            self.cond = nn.Conv1d(c.channels, c.channels * self.n_blocks, 1)
             self.time = nn.Sequential(nn.Linear(2 * TIME_FREQS, c.channels), nn.GELU(),
-                                      nn.Linear(c.channels, 2 * c.channels * len(c.dilations)))
-            self.blocks = nn.ModuleList([Block(c.channels, c.kernel, d) for d in c.dilations])
+                                      nn.Linear(c.channels, 2 * c.channels * self.n_blocks))
+            self.blocks = nn.ModuleList([Block(c.channels, c.kernel, d, c.dropout) for d in c.dilations])
             self.norm = ChannelNorm(c.channels)
             self.out = nn.Conv1d(c.channels, c.n_pose, 1)
             freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), TIME_FREQS))
             self.register_buffer("freqs", freqs, persistent=False)
 
+        def prepare(self, cond: torch.Tensor) -> torch.Tensor:
+            """(B, C, T) encoder output -> (B, C * blocks, T) per-block terms (frame by frame)."""
+            return self.cond(cond)
+
         def forward(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             arg = t[:, None] * self.freqs[None]
-            films = self.time(torch.cat([arg.sin(), arg.cos()], dim=1)).chunk(len(self.blocks), dim=1)
-            h = self.inp(torch.cat([x, cond], dim=1))
-            for b, f in zip(self.blocks, films):
-                h = b(h, f)
+            films = self.time(torch.cat([arg.sin(), arg.cos()], dim=1)).chunk(self.n_blocks, dim=1)
+            conds = cond.chunk(self.n_blocks, dim=1)
+            h = self.inp(x)
+            for b, f, c_ in zip(self.blocks, films, conds):
+                h = b(h, f, c_)
             return self.out(self.norm(h))
 
     class A2PNet(nn.Module):
@@ -206,24 +234,25 @@ def _chunks(n: int, margin: int):
 
 
 def encode_speech(net, inputs: np.ndarray, cfg: A2PConfig, device: str = "cpu"):
-    """inputs: (T100, N_INPUT) -> condition tensor (1, C, T) on `device`, T = n_pose_frames(T100). Chunked
-    with overlaps wider than the encoder's reach, so the result equals one pass over the whole input."""
+    """inputs: (T100, N_INPUT) -> the denoiser's condition (1, C * blocks, T) on `device`, T = n_pose_frames(T100).
+    Chunked with overlaps wider than the encoder's reach, so the result equals one pass over the whole input."""
     import torch
 
     n = n_pose_frames(len(inputs))
     pad = n * INPUT_STRIDE - len(inputs)
     x = np.concatenate([inputs, np.repeat(SILENT_INPUT[None], pad, 0)]) if pad else inputs
     margin = 4 + sum(d * (cfg.kernel - 1) // 2 for d in cfg.audio_dilations)
-    out = torch.empty((1, cfg.channels, n), device=device)
+    out = torch.empty((1, cfg.channels * len(cfg.dilations), n), device=device)
     for s, e, a, b in _chunks(n, margin):
         xa = torch.from_numpy(np.ascontiguousarray(x[a * INPUT_STRIDE : b * INPUT_STRIDE].T))[None].to(device)
-        out[:, :, s:e] = net.audio(xa)[:, :, s - a : e - a]
+        out[:, :, s:e] = net.denoiser.prepare(net.audio(xa)[:, :, s - a : e - a])
     return out
 
 
 def velocity(net, x, cond, t: float, cfg: A2PConfig, null=None):
     """The denoiser over the whole sequence x (1, n_pose, T) at flow time t, chunked with exact overlaps;
-    with guidance, extrapolated away from the speech-free prediction (`null`: the zero condition)."""
+    with guidance, extrapolated away from the prediction without speech (`null`: the prepared zero
+    condition, (1, C * blocks, 1))."""
     import torch
 
     n = x.shape[2]
@@ -231,10 +260,12 @@ def velocity(net, x, cond, t: float, cfg: A2PConfig, null=None):
     out = torch.empty_like(x)
     tt = torch.full((1,), float(t), device=x.device)
     for s, e, a, b in _chunks(n, margin):
-        v = net.denoiser(x[:, :, a:b], cond[:, :, a:b], tt)
-        if cfg.guidance != 1.0:
-            v0 = net.denoiser(x[:, :, a:b], torch.zeros_like(cond[:, :, a:b]), tt)
-            v = v0 + cfg.guidance * (v - v0)
+        if null is None:
+            v = net.denoiser(x[:, :, a:b], cond[:, :, a:b], tt)
+        else:  # with and without the speech in one batch
+            both = net.denoiser(x[:, :, a:b].expand(2, -1, -1),
+                                torch.cat([cond[:, :, a:b], null.expand(-1, -1, b - a)]), tt.expand(2))
+            v = both[1:] + cfg.guidance * (both[:1] - both[1:])
         out[:, :, s:e] = v[:, :, s - a : e - a]
     return out
 
@@ -247,10 +278,13 @@ def sample(net, cond, noise: np.ndarray, cfg: A2PConfig):
     x = torch.from_numpy(np.ascontiguousarray(noise.T, np.float32))[None].to(cond.device)
     h = 1.0 / cfg.steps
     with torch.inference_mode():
+        null = None
+        if cfg.guidance != 1.0:
+            null = net.denoiser.prepare(torch.zeros((1, cfg.channels, 1), device=cond.device))
         for i in range(cfg.steps):
             t = i * h
-            mid = x + 0.5 * h * velocity(net, x, cond, t, cfg)
-            x = x + h * velocity(net, mid, cond, t + 0.5 * h, cfg)
+            mid = x + 0.5 * h * velocity(net, x, cond, t, cfg, null)
+            x = x + h * velocity(net, mid, cond, t + 0.5 * h, cfg, null)
     return x[0].T.float().cpu().numpy()
 
 

@@ -63,7 +63,8 @@ JUMP_SHIFT = 0.25  # face units: likewise for the translation
 MIN_SEGMENT_S = 1.5  # shorter stretches of usable pose are not used
 MAX_SEGMENT_STD = (20.0, 15.0, 15.0, 0.6, 0.6)  # a segment spreading wider than this is not a head talking
 MIN_VAL_FRAMES = 25  # held-out segments shorter than this are not scored
-ONSET_SMOOTH_S = 0.1  # onset strength and head speed are compared at this time resolution
+CONTROL_CLIPS = 3  # the control drives the model with the speech of this many other clips (each seed)
+ONSET_SMOOTH_S = 0.2  # onset strength and head speed are compared at this time resolution (about a syllable)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ PRESETS = {
     "tiny": Preset(model=A2PConfig(channels=16, audio_dilations=(1,), dilations=(1, 2), steps=2), epochs=2,
                    batch_size=4, lr=2e-3, steps_per_epoch=3, crop_s=1.0, warmup_steps=2, max_clip_s=2.0,
                    val_share=0.5, ema_decay=0.5, val_seeds=1),
-    "default": Preset(model=A2PConfig(), epochs=30, batch_size=16, lr=2e-3, crop_s=4.0),
+    # the shipped model's recipe (models/audio2pose/README.md)
+    "default": Preset(model=A2PConfig(), epochs=20, batch_size=16, lr=2e-3, crop_s=4.0),
 }
 
 
@@ -422,15 +424,16 @@ def make_batch(segs: list[Segment], inputs: dict[int, np.ndarray], pick: np.ndar
 
 
 def flow_loss(net, speech, target, mask, rng: np.random.Generator, p: Preset):
-    """Rectified-flow loss: x_t = (1 - t) noise + t target; the net predicts target - noise from x_t, t and
-    the speech. speech: (B, N_INPUT, 4 (L + 2 M)), target: (B, N_POSE, L), mask: (B, L) tensors."""
+    """Rectified-flow loss: x_t = (1 - t) noise + t target, t logit-normal (the middle times, where the speech
+    decides most, drawn more often); the net predicts target - noise from x_t, t and the speech (dropped for a
+    share of the crops). speech: (B, N_INPUT, 4 (L + 2 M)), target: (B, N_POSE, L), mask: (B, L) tensors."""
     import torch
 
     bsz, _, n = target.shape
-    t = torch.from_numpy(rng.uniform(0, 1, bsz).astype(np.float32)).to(target.device)
+    t = torch.from_numpy((1 / (1 + np.exp(-rng.standard_normal(bsz)))).astype(np.float32)).to(target.device)
     noise = torch.from_numpy(rng.standard_normal(target.shape).astype(np.float32)).to(target.device)
     keep = torch.from_numpy((rng.random(bsz) >= p.cond_drop).astype(np.float32)).to(target.device)
-    cond = net.audio(speech)[:, :, MARGIN_FRAMES : MARGIN_FRAMES + n] * keep[:, None, None]
+    cond = net.denoiser.prepare(net.audio(speech)[:, :, MARGIN_FRAMES : MARGIN_FRAMES + n] * keep[:, None, None])
     xt = (1 - t)[:, None, None] * noise + t[:, None, None] * target
     v = net.denoiser(xt, cond, t)
     err = ((v - (target - noise)) ** 2).sum(1)  # (B, L)
@@ -496,8 +499,9 @@ def held_out_motion(clip: PoseClip) -> list[tuple[int, int, np.ndarray]]:
 
 def evaluate_clips(model: Audio2Pose, clips: list[PoseClip], seeds: int, rule: bool = False) -> list[dict]:
     """Per held-out clip: the real motion's spread, speed and speed-onset correlation, and the same for the
-    model's motion (mean over `seeds` seeds), for the model driven by another clip's speech (the control),
-    and, with `rule`, for the hand-made rule (a2pcli.talk.rule_head)."""
+    model's motion (mean over `seeds` seeds), for the model driven by other clips' speech (the control:
+    CONTROL_CLIPS others, looped to the length, scored against this clip's onsets), and, with `rule`, for
+    the hand-made rule (a2pcli.talk.rule_head)."""
     rows = []
     for k, c in enumerate(clips):
         spans = held_out_motion(c)
@@ -505,9 +509,10 @@ def evaluate_clips(model: Audio2Pose, clips: list[PoseClip], seeds: int, rule: b
             continue
         n = min(len(c.pose), int(len(c.logmel) / features.FRAME_RATE * c.fps))
         onsets = onset_strength(c.logmel, c.fps, n)
-        own, other = clip_inputs(c, None, None), clip_inputs(clips[(k + 1) % len(clips)], None, None)
-        gen = [_generate(model, own, c.fps, n, s) for s in range(seeds)]
-        ctrl = [_generate(model, _loop_inputs(other, n / c.fps), c.fps, n, s) for s in range(seeds)]
+        gen = [_generate(model, clip_inputs(c, None, None), c.fps, n, s) for s in range(seeds)]
+        others = [clips[(k + j) % len(clips)] for j in range(1, min(CONTROL_CLIPS, len(clips) - 1) + 1)] or [c]
+        ctrl = [_generate(model, _loop_inputs(clip_inputs(o, None, None), n / c.fps), c.fps, n, s)
+                for s in range(seeds) for o in others]
         row = {"clip": c.name, "speaker": c.speaker, "seconds": round(sum(b - a for a, b, _ in spans) / c.fps, 2)}
         row.update(_score("real", [[e for _, _, e in spans]], spans, onsets, c.fps))
         row.update(_score("model", [[g[a:b] for a, b, _ in spans] for g in gen], spans, onsets, c.fps))
@@ -677,7 +682,14 @@ def _json_default(o):
 
 
 def _options_dict(opts: TrainOptions) -> dict:
+    """The options as JSON, paths by their last part only (a shipped model names no folder of the machine
+    it was trained on)."""
     d = asdict(opts)
+    for k, v in d.items():
+        if isinstance(v, Path):
+            d[k] = v.name
+        elif isinstance(v, tuple) and v and isinstance(v[0], Path):
+            d[k] = [p.name for p in v]
     return json.loads(json.dumps(d, default=_json_default))
 
 
@@ -902,7 +914,7 @@ def _data_summary(ctx: _Context) -> dict:
     return {"train": {**part(ctx.train_idx), "segments": len(ctx.segs),
                       "segment_seconds": round(sum(len(s.target) for s in ctx.segs) / POSE_RATE, 1),
                       "effective_seconds": round(effective_seconds(ctx.clips, ctx.segs, ctx.p.speaker_cap_s), 1)},
-            "val": part(ctx.val_idx), "data_folders": [str(d) for d in ctx.opts.data]}
+            "val": part(ctx.val_idx), "data_folders": [Path(d).name for d in ctx.opts.data]}
 
 
 def _data_line(clips, train_idx, val_idx, segs, p: Preset) -> str:

@@ -1,8 +1,8 @@
 """`a2p audio2video`, `a2p vid2vid`, `a2p pose2vid`: the render commands.
 
 Each renders with the embedded renderer or, with `--renderer aniportrait`, AniPortrait's diffusion renderer.
-audio2video's motion comes from a2p's audio2motion model or, with `--motion aniportrait` (diffusion renderer
-only), from AniPortrait's audio2mesh and audio2pose (a2pcli/aniportrait/motion.py).
+audio2video's motion comes from a2p's audio2motion (lips) and audio2pose (head) models or, with `--motion
+aniportrait` (diffusion renderer only), from AniPortrait's audio2mesh and audio2pose (a2pcli/aniportrait/motion.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ POSE_SUFFIXES = (".pose", ".npy")  # a2p's .pose (from extract-pose) or an AniPo
 WORKING_COMMANDS = "extract-pose, vid2vid, pose2vid (embedded renderer), doctor, models"
 DEFAULT_FPS = 25.0  # frame rate of generated motion
 DEFAULT_BLINKS_PER_MIN = 17.0  # typical adult spontaneous blink rate in conversation
+HEAD_MODEL, HEAD_RULE = "audio2pose", "rule"  # --head: the shipped audio2pose model, or the hand-made rule
 DEFAULT_MAX_SIZE = 1024  # px, longest side of an uncropped output
 DEFAULT_CROP_SIZE = 512  # px, AniPortrait's render resolution
 DEFAULT_CRF = 18  # x264: visually lossless
@@ -264,6 +265,11 @@ def audio2video(
     still: Annotated[
         bool, typer.Option("--still", help="No head motion: only lips, blinks and expression move.")
     ] = False,
+    head: Annotated[
+        str, typer.Option("--head", help="Head motion from the speech: audio2pose (the shipped model; --seed picks "
+                          "one of its motions), a folder written by `a2p train audio2pose`, or rule (a smaller "
+                          "hand-made motion from the loudness, no model). --pose and --still replace it.")
+    ] = HEAD_MODEL,
     pose_scale: PoseScale = 1.0,
     expression_scale: ExpressionScale = 1.0,
     blink_rate: Annotated[
@@ -323,6 +329,8 @@ def audio2video(
                              remedy="pass one of them")
     check_batch_size(batch_size)
     check_model(model)
+    if head != HEAD_RULE:
+        check_model(head)
     plan_pair_outputs([(p, a) for a in audios for p in portraits], output, overwrite)
     check_renderer(locals())
     if motion is MotionModel.aniportrait and renderer is not Renderer.aniportrait:
@@ -545,7 +553,7 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
     from a2pcli.outputs import atomic_path
     from a2pcli.progress import Reporter
     from a2pcli.render import open_mouth_gap
-    from a2pcli.talk import SAMPLE_RATE, TalkOptions, closed_rest, talk_targets
+    from a2pcli.talk import SAMPLE_RATE, TalkOptions, closed_rest, talk_targets, uses_head_model
 
     pairs = [(p, a) for a in audios for p in portraits]
     out_of = dict(zip(pairs, plan_pair_outputs(pairs, args["output"], args["overwrite"])))
@@ -556,17 +564,21 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
                            frames_dir=args["frames_dir"])
     topts = TalkOptions(template=args["pose"], template_region=args["template_region"].value, still=args["still"],
                         pose_scale=args["pose_scale"], expression_scale=args["expression_scale"],
-                        blink_rate=args["blink_rate"], seed=args["seed"])
+                        blink_rate=args["blink_rate"], seed=args["seed"], head=args.get("head", HEAD_MODEL))
     aniportrait_motion = args.get("motion") is MotionModel.aniportrait
     results, failures = [], []
     with session("audio2video", args["progress"], args["quiet"]) as sink:
         reporter = Reporter(sink)
-        a2m = template = None
+        a2m = template = a2p_pose = None
         if not aniportrait_motion:
             from a2pcli.audio2motion import load_model
 
             reporter.stage("load the speech model", total=None)
             a2m = load_model(args["model"])
+            if uses_head_model(topts):
+                from a2pcli.audio2pose import load_model as load_pose_model
+
+                a2p_pose = load_pose_model(topts.head)
             if topts.template is not None:
                 from a2pcli.motion import load_motion
 
@@ -584,7 +596,7 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
                 samples = load_audio(audio, SAMPLE_RATE)
                 n = max(1, int(round(len(samples) / SAMPLE_RATE * fps)))
                 reporter.stage("speech to motion", total=None)
-                speech = lips = None
+                speech = lips = head_motion = None
                 if aniportrait_motion:  # AniPortrait's audio2mesh + audio2pose
                     from a2pcli.aniportrait.motion import load_pose_template, speech_motion
 
@@ -594,6 +606,8 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
                                            reporter)
                 else:
                     lips = a2m.predict(samples, fps, n)
+                    if a2p_pose is not None:
+                        head_motion = a2p_pose.generate(samples, fps, n, seed=topts.seed)
             except A2PError as exc:
                 if not batch:
                     raise
@@ -615,7 +629,7 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
                     else:
                         rest = closed_rest(open_mouth_gap(portrait.image, portrait.face), a2m.opening_shape())
                         tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template,
-                                                  rest)
+                                                  rest, head_motion)
                     with atomic_path(out, args["overwrite"]) as tmp:
                         summary = render(portrait, tgt, fps, tmp, aopts, track, reporter)
                         if args["meta"]:

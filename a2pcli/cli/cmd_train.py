@@ -1,7 +1,9 @@
-"""`a2p train audio2motion`: train the speech -> motion model on talking videos.
+"""`a2p train audio2motion` and `a2p train audio2pose`: train the speech -> lips and speech -> head models on
+talking videos.
 
-Parse, check the inputs (missing folder -> exit 2, naming it), then call a2pcli.train_a2m.train, which
-prepares the data (cached), trains, validates each epoch, checkpoints and exports the model folder.
+Parse, check the inputs (missing folder -> exit 2, naming it), then call a2pcli.train_a2m.train (or
+a2pcli.train_a2p.train), which prepares the data (cached), trains, validates each epoch, checkpoints and
+exports the model folder.
 """
 
 from __future__ import annotations
