@@ -8,8 +8,8 @@
 in face units (the outer eye corners 1 apart; image axes, y down), RELATIVE to the portrait's own pose:
 about zero-mean over a few seconds, so the portrait keeps its pose on average.
 
-Stochastic: several plausible motions fit the same speech; `seed` picks one. The same seed, speech and
-length give the same motion (the noise comes from numpy's seeded generator, the same on every machine; the
+Stochastic: several plausible motions fit the same speech; `seed` (mixed with the speech, noise_seed) picks
+one. The same seed and speech give the same motion (the noise comes from numpy's seeded generator, the same on every machine; the
 network's float32 arithmetic may differ in the last bits between CPUs).
 
 How: a conditional flow-matching model (rectified flow). Speech features at 100 Hz (normalised log-mel,
@@ -76,9 +76,10 @@ class A2PConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1, 2, 4)  # denoiser blocks, at POSE_RATE
     n_pose: int = N_POSE
     pose_std: tuple[float, ...] = (4.0, 3.0, 2.5, 0.1, 0.08)  # per-channel scale of the motion (set from data)
-    steps: int = 8  # midpoint steps of the sampler (two network calls each)
+    steps: int = 4  # midpoint steps of the sampler (two network calls each; 8 measure the same)
     guidance: float = 4.0  # classifier-free guidance on the speech (1: none)
     smooth_s: float = 0.04  # Gaussian smoothing of the sampled motion, seconds (sigma; 0: off)
+    limit_deg: tuple[float, ...] = (20.0, 15.0, 15.0)  # yaw, pitch, roll never go past these (soft_limit)
     dropout: float = 0.1  # in every residual block, while training
 
     @property
@@ -90,7 +91,7 @@ class A2PConfig:
     @staticmethod
     def from_dict(d: dict) -> A2PConfig:
         d = dict(d)
-        for k in ("audio_dilations", "dilations", "pose_std"):
+        for k in ("audio_dilations", "dilations", "pose_std", "limit_deg"):
             if k in d:
                 d[k] = tuple(d[k])
         extra = set(d) - set(A2PConfig.__dataclass_fields__)
@@ -99,6 +100,8 @@ class A2PConfig:
         cfg = A2PConfig(**d)
         if len(cfg.pose_std) != cfg.n_pose or min(cfg.pose_std) <= 0 or cfg.steps < 1:
             raise ValueError("pose_std must hold n_pose positive values and steps must be >= 1")
+        if len(cfg.limit_deg) != 3 or min(cfg.limit_deg) <= 0:
+            raise ValueError("limit_deg must hold 3 positive values")
         if cfg.mel_pool < 1 or features.N_MELS % cfg.mel_pool:
             raise ValueError(f"mel_pool must divide {features.N_MELS}")
         return cfg
@@ -299,6 +302,18 @@ def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([np.convolve(pad[:, c], k, mode="valid") for c in range(x.shape[1])], axis=1).astype(np.float32)
 
 
+KNEE = 0.6  # soft_limit leaves angles below this share of the limit unchanged
+
+
+def soft_limit(x: np.ndarray, limit: float) -> np.ndarray:
+    """Angles (degrees) unchanged up to KNEE * limit, then bent smoothly towards +-limit, never past it:
+    the rare wide swing stays within what the warp renderer shows well."""
+    knee = KNEE * limit
+    a = np.abs(x)
+    bent = knee + (limit - knee) * np.tanh((a - knee) / (limit - knee))
+    return np.where(a > knee, np.sign(x) * bent, x).astype(np.float32)
+
+
 def resample(motion: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     """(T, C) at POSE_RATE -> (n_frames, C) at the frame times i / fps (linear, ends held)."""
     if n_frames == 0 or len(motion) == 0:
@@ -335,9 +350,11 @@ class Audio2Pose:
         return sample(self.net, cond, noise, self.config)
 
     def from_normalised(self, x: np.ndarray) -> np.ndarray:
-        """(T, n_pose) normalised -> degrees / face units, smoothed (at POSE_RATE)."""
-        out = x * np.asarray(self.config.pose_std, np.float32)[None]
-        return gaussian_smooth(out, self.config.smooth_s * POSE_RATE)
+        """(T, n_pose) normalised -> degrees / face units, smoothed and limited (at POSE_RATE)."""
+        out = gaussian_smooth(x * np.asarray(self.config.pose_std, np.float32)[None], self.config.smooth_s * POSE_RATE)
+        for axis, limit in enumerate(self.config.limit_deg):
+            out[:, axis] = soft_limit(out[:, axis], limit)
+        return out
 
     def generate(self, audio: np.ndarray, fps: float, n_frames: int | None = None, seed: int = 0,
                  logmel: np.ndarray | None = None) -> np.ndarray:
@@ -354,8 +371,17 @@ class Audio2Pose:
         seed = _check_seed(seed)
         if len(audio) == 0:
             return np.zeros((int(n_frames), self.config.n_pose), np.float32)
-        motion = self.from_normalised(self.generate_normalised(speech_inputs(audio, logmel), seed))
+        motion = self.from_normalised(self.generate_normalised(speech_inputs(audio, logmel), noise_seed(seed, audio)))
         return resample(motion, fps, int(n_frames))
+
+
+def noise_seed(seed: int, audio: np.ndarray) -> int:
+    """The sampler's seed: --seed mixed with the speech's samples, so that one seed gives each speech its own
+    motion (not the same choreography under every speech) and the same speech and seed the same motion."""
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).digest()
+    return int.from_bytes(hashlib.sha256(digest + int(seed).to_bytes(8, "little")).digest()[:8], "little")
 
 
 def _check_audio(audio) -> np.ndarray:

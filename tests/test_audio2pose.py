@@ -135,8 +135,13 @@ def test_audio2video_seeds_give_different_head_motion(tmp_path):
     """Through the CLI: two seeds, two head motions (and the hand-made rule on request)."""
     from tests.test_animate import read_video
 
+    import soundfile as sf
+
+    from a2pcli.encode import load_audio
+
     portrait = media("sadtalker_happy.png")
-    speech = media("sadtalker_RD_Radio31_000.wav")
+    speech = tmp_path / "speech.wav"
+    sf.write(speech, load_audio(media("sadtalker_RD_Radio31_000.wav"), SR, duration_s=2.5), SR)
     frames = {}
     for name, extra in (("s1", ["--seed", "1"]), ("s2", ["--seed", "2"]), ("rule", ["--head", "rule"])):
         out = tmp_path / f"{name}.mp4"
