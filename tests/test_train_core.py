@@ -278,3 +278,28 @@ def test_restore_refuses_a_checkpoint_of_another_shape(tmp_path):
     with pytest.raises(InputError, match="not 'audio2motion'"):
         core.load_checkpoint(ckpt.path, "audio2motion")
 
+
+
+def test_restore_refuses_optimizer_settings_that_are_not_numbers(tmp_path):
+    import torch
+
+    net = torch.nn.Linear(2, 2)
+    optim = torch.optim.AdamW(net.parameters())
+    core.save_checkpoint(tmp_path, "toy", net, net, optim, RunState(), {}, {})
+    ckpt = core.load_checkpoint(tmp_path / core.CHECKPOINT_DIR / core.LAST_CHECKPOINT, "toy")
+    ckpt.optimizer["param_groups"][0]["betas"] = ("0.9", 0.999)
+    with pytest.raises(InputError, match="betas"):
+        core.restore(ckpt, net, net, torch.optim.AdamW(net.parameters()))
+
+
+def test_exported_model_files_hold_the_tensors_and_the_config(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    net = torch.nn.Linear(3, 2)
+    core.write_model_files(tmp_path / "m", {"format": "toy", "model": {"in": 3, "out": 2}}, net.state_dict(),
+                           {"format": "toy"})
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model"] == {"in": 3, "out": 2}
+    loaded = load_file(tmp_path / "m" / "model.safetensors")
+    assert torch.equal(loaded["weight"], net.weight.detach()) and set(loaded) == {"weight", "bias"}
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]

@@ -82,20 +82,32 @@ def audio2motion(
 
     Use the result with `a2p audio2video --model my-model`.
     """
+    from a2pcli.train.audio2motion import train
+
+    opts = train_options(data, output, preset.value, epochs, batch_size, lr, val_speakers, resume, seed, device)
+    run_trainer("audio2motion", train, opts, progress, quiet, json_out, _human_audio2motion)
+
+
+def train_options(data: list[Path], output: Path, preset: str, epochs: int | None, batch_size: int | None,
+                  lr: float | None, val_speakers: str | None, resume: Path | None, seed: int, device: str):
+    """The flags every `a2p train <name>` shares, as the library's TrainOptions."""
+    from a2pcli.train.core import TrainOptions
+
+    held_out = None if val_speakers is None else tuple(s.strip() for s in val_speakers.split(",") if s.strip())
+    return TrainOptions(data=tuple(data), output=output, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
+                        val_speakers=held_out, resume=resume, seed=seed, device=device)
+
+
+def run_trainer(name: str, train, opts, progress: ProgressMode, quiet: bool, json_out: bool, human) -> None:
+    """Run one trainer's `train(opts, reporter) -> summary` with the progress display, then report."""
     from a2pcli.progress import Reporter
-    from a2pcli.train.audio2motion import TrainOptions, train
 
-    opts = TrainOptions(
-        data=tuple(data), output=output, preset=preset.value, epochs=epochs, batch_size=batch_size, lr=lr,
-        val_speakers=tuple(s.strip() for s in val_speakers.split(",") if s.strip()) if val_speakers is not None else None,
-        resume=resume, seed=seed, device=device,
-    )
-    with session("train audio2motion", progress, quiet) as sink:
+    with session(f"train {name}", progress, quiet) as sink:
         summary = train(opts, Reporter(sink))
-    finish(sink, summary, json_out, _human(summary), quiet)
+    finish(sink, summary, json_out, human(summary), quiet)
 
 
-def _human(s: dict) -> str:
+def _human_audio2motion(s: dict) -> str:
     v = s.get("validation") or {}
     metrics = ""
     if "val_mouth_r" in v:

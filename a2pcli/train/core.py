@@ -8,9 +8,11 @@ How a trainer plugs in (`a2pcli/train/audio2motion/` is the worked example; `a2p
     presets (a frozen dataclass per preset, in a dict by name), with a `tiny` preset that runs the whole loop
     (prepare, train, validate, checkpoint, resume, export) in well under a minute on a CPU, for CI.
  2. Check, then start. `check_options(opts, presets)` and `check_output_folder(opts.output)` before anything
-    heavy (they create nothing); `find_sources` (a2pcli.train.clips); only then
+    heavy (they create nothing); `sources_for(opts.data)` (a2pcli.train.clips); only then
     `load_checkpoint(find_checkpoint(opts.resume), name)`: checkpoints are untrusted input, read with
-    `torch.load(weights_only=True)` and checked. `start_runtime(opts.device, job)` picks the device.
+    `torch.load(weights_only=True)` and checked; whatever the trainer takes from their meta and tensors
+    (presets, splits, arrays) it checks too, raising InputError naming the file with remedy START_AGAIN.
+    `start_runtime(opts.device, job)` picks the device.
  3. Data. `a2pcli.train.clips`: videos with speech under the data folders, their landmarks, head pose and
     log-mel prepared once and kept in the shared data cache (every trainer reads the same entries);
     `split_speakers`, `sampling_weights`.
@@ -23,8 +25,11 @@ How a trainer plugs in (`a2pcli/train/audio2motion/` is the worked example; `a2p
     `make_ema`, `make_optimizer`, `restore(...)` when resuming, and call `fit(...)`: it runs the epochs, the
     optimiser steps with the warm-up + cosine schedule, gradient clipping, the weight average, validation,
     the log row and the checkpoint after every epoch.
- 5. Export. The averaged weights as safetensors plus config.json in the model folder (the network's
-    constructor arguments are its config), then return the summary dict the CLI prints with --json.
+ 5. Export. The averaged weights as safetensors plus config.json in the model folder (`write_model_files`;
+    the network's constructor arguments are its config, loaded strictly by the model's own module), then
+    return the summary dict the CLI prints with --json.
+ 6. The command. In a2pcli/cli/cmd_train.py, a function beside `audio2motion` with the same option aliases,
+    which builds `TrainOptions` with `train_options(...)` and calls `run_trainer(...)`; register it.
 
 Several processes (torchrun) are not supported yet: `start_runtime` refuses WORLD_SIZE > 1. The pieces that
 will change for DistributedDataParallel are all here: `Runtime` carries rank and world size (0 and 1
@@ -126,7 +131,7 @@ def check_options(opts: TrainOptions, presets: Iterable[str]) -> None:
     if opts.lr is not None and not (math.isfinite(opts.lr) and 0 < opts.lr <= 1):
         raise InputError(f"must be a number above 0 and at most 1, got {opts.lr}", subject="--lr")
     if not 0 <= opts.seed < 2**63:
-        raise InputError(f"must be a whole number from 0, got {opts.seed}", subject="--seed")
+        raise InputError(f"must be a whole number, 0 or more, got {opts.seed}", subject="--seed")
     if opts.val_speakers is not None and not any(s.strip() for s in opts.val_speakers):
         raise InputError("names no speaker", subject="--val-speakers", remedy="e.g. --val-speakers spk01,spk07")
     if opts.resume is not None and not Path(opts.resume).exists():
@@ -414,6 +419,13 @@ def _check_optimizer_state(saved: dict, optim) -> None:
     groups = saved["param_groups"]
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optim.param_groups]:
         raise ValueError("optimizer parameter groups differ")
+    for g in groups:
+        for name, v in g.items():
+            items = v if isinstance(v, (list, tuple)) else [v]
+            if name != "params" and not all(x is None or isinstance(x, (bool, int, float)) for x in items):
+                raise TypeError(f"optimizer setting {name} is not a number")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"optimizer setting {name} is not finite")
     index = {i: params[n] for n, i in enumerate(i for g in groups for i in g["params"])}
     for i, st in saved["state"].items():
         for name, t in st.items():
@@ -424,6 +436,23 @@ def _check_optimizer_state(saved: dict, optim) -> None:
                                  f"{tuple(index[i].shape)}")
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"optimizer state {name} is not finite")
+
+
+def write_model_files(folder: Path, config: dict, tensors: dict, metadata: dict[str, str] | None = None,
+                      weights_file: str = "model.safetensors", config_file: str = "config.json") -> None:
+    """An exported model: `tensors` (name -> tensor) as safetensors with string `metadata`, and `config` (the
+    network's constructor arguments, format, version, meta) as JSON; each file written atomically."""
+    from safetensors.torch import save_file
+
+    from a2pcli.outputs import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(folder / weights_file, overwrite=True) as tmp:
+        save_file(plain, str(tmp), metadata=metadata)
+    with atomic_path(folder / config_file, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, default=_json_default) + "\n")
 
 
 # --- the log -------------------------------------------------------------------------------------------
