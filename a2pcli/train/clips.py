@@ -10,7 +10,8 @@ the parent folder's name, or what a `speakers.tsv` (file name <tab> speaker) in 
 
 The cache (`data_cache_dir()`: <a2p cache>/train-data, or a folder given by the caller) holds one `.npz` per
 clip, named by the sha256 of the video and sidecar files and the settings, so every trainer and every run on
-the same files reads the same entries; each is written atomically and read without pickles.
+the same files reads the same entries; each is written atomically and read without pickles
+(`entry_path`, `read_entry`, `write_entry`: also for a trainer's own prepared data).
 """
 
 from __future__ import annotations
@@ -109,12 +110,38 @@ def data_cache_dir() -> Path:
     return cache_dir() / DATA_CACHE_SUBDIR
 
 
-def cache_path(cache_dir: Path, src: ClipSource, max_clip_s: float | None) -> Path:
+def entry_path(cache_dir: Path, *parts) -> Path:
+    """The cache file for a key: files (by the sha256 of their content; None for an absent one) and settings
+    (by their text). A trainer that prepares other data (e.g. video frames) names its entries the same way,
+    with its own kind and version among the parts."""
     from a2pcli.cache import sha256_file
 
-    parts = [f"v{DATA_CACHE_VERSION}", sha256_file(src.video), sha256_file(src.sidecar) if src.sidecar else "-",
-             f"max{max_clip_s}"]
-    return cache_dir / (hashlib.sha256(" ".join(parts).encode()).hexdigest()[:32] + ".npz")
+    keys = [sha256_file(p) if isinstance(p, Path) else "-" if p is None else str(p) for p in parts]
+    return cache_dir / (hashlib.sha256(" ".join(keys).encode()).hexdigest()[:32] + ".npz")
+
+
+def read_entry(path: Path) -> dict[str, np.ndarray] | None:
+    """Every array of a cache file (no pickles), or None when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def write_entry(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a cache file atomically (concurrent writers of the same entry are harmless)."""
+    from a2pcli.outputs import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def cache_path(cache_dir: Path, src: ClipSource, max_clip_s: float | None) -> Path:
+    return entry_path(cache_dir, f"clip v{DATA_CACHE_VERSION}", src.video, src.sidecar, f"max{max_clip_s}")
 
 
 def load_speech(src: ClipSource, max_clip_s: float | None) -> tuple[np.ndarray, str]:
@@ -135,14 +162,12 @@ def load_speech(src: ClipSource, max_clip_s: float | None) -> tuple[np.ndarray, 
 _ARRAYS = ("expression", "opening", "valid", "logmel", "rotation", "translation", "scale")
 
 
-def _read_cached(path: Path, src: ClipSource) -> PreparedClip | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in _ARRAYS}
-            clip = PreparedClip(src, float(z["fps"]), a["expression"].astype(np.float32), a["opening"], a["valid"],
-                                a["logmel"], str(z["audio_from"]), a["rotation"], a["translation"], a["scale"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None  # unreadable or of another layout: recompute and overwrite
+def _clip_from_entry(a: dict[str, np.ndarray] | None, src: ClipSource) -> PreparedClip | None:
+    """The cached clip, or None when the entry is missing, of another layout, or inconsistent."""
+    if a is None or not set(_ARRAYS) | {"fps", "audio_from"} <= set(a):
+        return None
+    clip = PreparedClip(src, float(a["fps"]), a["expression"].astype(np.float32), a["opening"], a["valid"],
+                        a["logmel"], str(a["audio_from"]), a["rotation"], a["translation"], a["scale"])
     t = len(clip.expression)
     shapes_ok = (clip.expression.ndim == 3 and clip.expression.shape[2] == 3 and clip.logmel.ndim == 2
                  and all(len(getattr(clip, k)) == t for k in ("opening", "valid", "rotation", "translation", "scale")))
@@ -154,12 +179,10 @@ def prepare_clip(src: ClipSource, cache_dir: Path, max_clip_s: float | None = No
     """Landmarks, head pose and log-mel of one clip (its first max_clip_s seconds), from the cache when it holds
     them. The expression is kept at float16 precision, so a fresh clip equals a cached one."""
     path = cache_path(cache_dir, src, max_clip_s)
-    if path.is_file():
-        clip = _read_cached(path, src)
-        if clip is not None:
-            return clip
+    clip = _clip_from_entry(read_entry(path), src)
+    if clip is not None:
+        return clip
     from a2pcli.extract import ExtractOptions, extract_motion
-    from a2pcli.outputs import atomic_path
 
     audio, origin = load_speech(src, max_clip_s)
     motion, _ = extract_motion(src.video, ExtractOptions(end=max_clip_s), Reporter())
@@ -169,11 +192,10 @@ def prepare_clip(src: ClipSource, cache_dir: Path, max_clip_s: float | None = No
                         motion.valid & ~motion.filled, features.log_mel(audio), origin,
                         motion.rotation.astype(np.float32), motion.translation.astype(np.float32),
                         motion.scale.astype(np.float32))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as f:
-        np.savez(f, fps=np.float64(clip.fps), expression=expression16, opening=clip.opening, valid=clip.valid,
-                 logmel=clip.logmel, audio_from=np.array(origin), name=np.array(src.name), rotation=clip.rotation,
-                 translation=clip.translation, scale=clip.scale)
+    write_entry(path, {"fps": np.float64(clip.fps), "expression": expression16, "opening": clip.opening,
+                       "valid": clip.valid, "logmel": clip.logmel, "audio_from": np.array(origin),
+                       "name": np.array(src.name), "rotation": clip.rotation, "translation": clip.translation,
+                       "scale": clip.scale})
     return clip
 
 
