@@ -252,7 +252,8 @@ def test_the_loop_logs_checkpoints_and_resumes_to_the_same_weights(tmp_path):
     net_a, state_a = _toy_run(tmp_path / "a", epochs=3)
     assert state_a.step == 15 and abs(float(net_a.bias.detach()) - 1) < 0.3, "it learns"
     log = [json.loads(line) for line in (tmp_path / "a" / core.LOG_FILE).read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2, 3] and {"lr", "seconds", "train_loss", "train_mse", "val_bias"} <= set(log[0])
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert {"lr", "seconds", "train_loss", "train_mse", "val_bias"} <= set(log[0])
     torch.load(tmp_path / "a" / core.CHECKPOINT_DIR / core.LAST_CHECKPOINT, weights_only=True)
 
     with pytest.raises(KeyboardInterrupt):

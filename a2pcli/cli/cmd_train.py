@@ -34,7 +34,9 @@ ModelDir = Annotated[
                  show_default=False),
 ]
 PresetOpt = Annotated[
-    Preset, typer.Option("--preset", help="tiny: the whole loop in seconds on a CPU, to check the set-up; default: the real model.")
+    Preset,
+    typer.Option("--preset", help="tiny: the whole loop in seconds on a CPU, to check the set-up; "
+                 "default: the real model."),
 ]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Passes over the data (default: the preset's).")]
 TrainBatch = Annotated[

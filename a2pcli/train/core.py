@@ -21,10 +21,12 @@ How a trainer plugs in (`a2pcli/train/audio2motion/` is the worked example; `a2p
     `loss(net, batch)` returns the loss tensor and its named parts as floats, `validate(ema)` the metrics
     of one epoch (a dict merged into the log row), `describe_epoch(row, epochs)` the line shown after each
     epoch, and `checkpoint_extra()` what the trainer needs to resume: JSON-able meta and named tensors.
-    Then, inside `with output_folder(opts.output):`, build the network after `seed_all(opts.seed)`,
-    `make_ema`, `make_optimizer`, `restore(...)` when resuming, and call `fit(...)`: it runs the epochs, the
-    optimiser steps with the warm-up + cosine schedule, gradient clipping, the weight average, validation,
-    the log row and the checkpoint after every epoch.
+    Then, inside `with output_folder(opts.output) as out:`, `start_log(out, resumed)`, build the network
+    after `seed_all(opts.seed)`, `make_ema`, `make_optimizer`, `restore(...)` when resuming, and call
+    `fit(trainer, net, ema, optim, state, LoopSettings(...), Run(out, runtime, opts.seed), reporter)`: it runs
+    the epochs, the optimiser steps with the warm-up + cosine schedule, gradient clipping, the weight
+    average, validation, the log row and the checkpoint after every epoch. tests/test_train_core.py has a
+    trainer in 30 lines.
  5. Export. The averaged weights as safetensors plus config.json in the model folder (`write_model_files`;
     the network's constructor arguments are its config, loaded strictly by the model's own module), then
     return the summary dict the CLI prints with --json.

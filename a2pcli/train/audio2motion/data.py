@@ -36,7 +36,8 @@ def describe_data(clips: list[ClipData], train_idx: list[int], val_idx: list[int
     spk_v = len({clips[i].source.speaker for i in val_idx})
     sec_t = sum(clips[i].duration for i in train_idx)
     sec_v = sum(clips[i].duration for i in val_idx)
-    return (f"data: train {len(train_idx)} clips / {spk_t} speakers / {sec_t:.0f} s (sampled as {sum(cw.values()):.0f} s), "
+    return (f"data: train {len(train_idx)} clips / {spk_t} speakers / {sec_t:.0f} s "
+            f"(sampled as {sum(cw.values()):.0f} s), "
             f"val {len(val_idx)} clips / {spk_v} speakers / {sec_v:.0f} s; basis keeps {100 * explained:.1f}% "
             f"of the lower-face motion")
 

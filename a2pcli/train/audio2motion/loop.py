@@ -71,7 +71,8 @@ def compute_loss(pred, codes, gap, mask, gap_dir, scales: dict, p: Preset) -> Lo
     total = p.loss_codes * l_codes + p.loss_gap * l_gap + p.loss_velocity * l_vel + p.loss_corr * l_corr
     if p.loss_pearson:
         total = total + p.loss_pearson * l_pear
-    return LossParts(total, float(l_codes.detach()), float(l_gap.detach()), float(l_vel.detach()), float(l_corr.detach()))
+    return LossParts(total, float(l_codes.detach()), float(l_gap.detach()), float(l_vel.detach()),
+                     float(l_corr.detach()))
 
 
 # --- the trainer the core loop drives ----------------------------------------------------------------------
