@@ -1,7 +1,7 @@
 """`a2p train audio2motion`: train the speech -> motion model on talking videos.
 
-Parse, check the inputs (missing folder -> exit 2, naming it), then call a2pcli.train_a2m.train, which
-prepares the data (cached), trains, validates each epoch, checkpoints and exports the model folder.
+Parse, then call a2pcli.train.audio2motion.train, which checks the inputs (a missing folder -> exit 2, naming
+it), prepares the data (cached), trains, validates each epoch, checkpoints and exports the model folder.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import typer
 
 from a2pcli.cli.app import finish, session
 from a2pcli.cli.options import Device, JsonOut, Progress, ProgressMode, Quiet, Seed
-from a2pcli.errors import InputError, OutputError
 
-TRAIN_HELP = "Train a2p's models on your own data. Multi-GPU runs go through torchrun."
+TRAIN_HELP = "Train a2p's models on your own data (on the CPU or one GPU)."
 
 
 class Preset(str, Enum):
-    tiny = "tiny"  # a few minutes on a CPU: checks the whole loop (CI, smoke tests)
+    tiny = "tiny"  # seconds on a CPU: checks the whole loop (CI, smoke tests)
     default = "default"
 
 
@@ -35,14 +34,16 @@ ModelDir = Annotated[
                  show_default=False),
 ]
 PresetOpt = Annotated[
-    Preset, typer.Option("--preset", help="tiny: minutes on a CPU, to check the set-up; default: the real model.")
+    Preset,
+    typer.Option("--preset", help="tiny: the whole loop in seconds on a CPU, to check the set-up; "
+                 "default: the real model."),
 ]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Passes over the data (default: the preset's).")]
 TrainBatch = Annotated[
-    Optional[int], typer.Option("--batch-size", min=1, help="Clips per step on each GPU (default: the preset's).")
+    Optional[int], typer.Option("--batch-size", min=1, help="Clips per step (default: the preset's).")
 ]
 LearningRate = Annotated[
-    Optional[float], typer.Option("--lr", min=0.0, help="Peak learning rate (default: the preset's).")
+    Optional[float], typer.Option("--lr", help="Peak learning rate, above 0 and at most 1 (default: the preset's).")
 ]
 ValSpeakers = Annotated[
     Optional[str],
@@ -54,19 +55,6 @@ Resume = Annotated[
     typer.Option("--resume", help="Continue from this checkpoint (model, optimizer, step and config), "
                  "or from the last one in this model folder."),
 ]
-
-
-def check_training_inputs(data: list[Path], output: Path, resume: Path | None, val_speakers: str | None) -> None:
-    for folder in data:
-        if not folder.is_dir():
-            what = "is not a folder" if folder.exists() else "not found"
-            raise InputError(f"data folder {what}", subject=str(folder), remedy="--data takes a folder of videos")
-    if resume is not None and not resume.exists():
-        raise InputError("checkpoint not found", subject=str(resume), remedy="check the --resume path")
-    if output.exists() and not output.is_dir():
-        raise OutputError("is a file; the model output is a folder", subject=str(output), remedy="choose another -o")
-    if val_speakers is not None and not any(s.strip() for s in val_speakers.split(",")):
-        raise InputError("names no speaker", subject="--val-speakers", remedy="e.g. --val-speakers spk01,spk07")
 
 
 def audio2motion(
@@ -86,32 +74,42 @@ def audio2motion(
 ) -> None:
     """Train the speech -> motion model on talking videos.
 
-    The model drives lips, expression, blinks and head pose from speech.
+    The model moves the lips, jaw and cheeks with the speech.
 
     \b
-    One GPU, or the CPU with --preset tiny:
+    On one GPU (or the CPU, slowly; --preset tiny checks the set-up in seconds):
       a2p train audio2motion --data clips/ -o my-model
-    Several GPUs: the same command through torchrun (rank 0 logs and saves):
-      torchrun --nproc-per-node 4 -m a2pcli train audio2motion --data clips/ -o my-model
+    Continue an interrupted run:
+      a2p train audio2motion --data clips/ -o my-model --resume my-model
 
     Use the result with `a2p audio2video --model my-model`.
     """
-    from a2pcli.train_a2m import TrainOptions, output_check, train
+    from a2pcli.train.audio2motion import train
+
+    opts = train_options(data, output, preset.value, epochs, batch_size, lr, val_speakers, resume, seed, device)
+    run_trainer("audio2motion", train, opts, progress, quiet, json_out, _human_audio2motion)
+
+
+def train_options(data: list[Path], output: Path, preset: str, epochs: int | None, batch_size: int | None,
+                  lr: float | None, val_speakers: str | None, resume: Path | None, seed: int, device: str):
+    """The flags every `a2p train <name>` shares, as the library's TrainOptions."""
+    from a2pcli.train.core import TrainOptions
+
+    held_out = None if val_speakers is None else tuple(s.strip() for s in val_speakers.split(",") if s.strip())
+    return TrainOptions(data=tuple(data), output=output, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
+                        val_speakers=held_out, resume=resume, seed=seed, device=device)
+
+
+def run_trainer(name: str, train, opts, progress: ProgressMode, quiet: bool, json_out: bool, human) -> None:
+    """Run one trainer's `train(opts, reporter) -> summary` with the progress display, then report."""
     from a2pcli.progress import Reporter
 
-    check_training_inputs(data, output, resume, val_speakers)
-    output_check(output)
-    opts = TrainOptions(
-        data=tuple(data), output=output, preset=preset.value, epochs=epochs, batch_size=batch_size, lr=lr,
-        val_speakers=tuple(s.strip() for s in val_speakers.split(",") if s.strip()) if val_speakers else None,
-        resume=resume, seed=seed, device=device,
-    )
-    with session("train audio2motion", progress, quiet) as sink:
+    with session(f"train {name}", progress, quiet) as sink:
         summary = train(opts, Reporter(sink))
-    finish(sink, summary, json_out, _human(summary), quiet)
+    finish(sink, summary, json_out, human(summary), quiet)
 
 
-def _human(s: dict) -> str:
+def _human_audio2motion(s: dict) -> str:
     v = s.get("validation") or {}
     metrics = ""
     if "val_mouth_r" in v:
