@@ -140,6 +140,17 @@ def test_bad_options_are_named(tmp_path, change, flag):
     assert flag in exc.value.one_line()
 
 
+def test_resume_naming_the_model_folder_itself_starts_a_new_run_until_it_holds_a_checkpoint(tmp_path):
+    out = tmp_path / "model"
+    core.check_options(TrainOptions(data=(tmp_path,), output=out, resume=out), ["default"])
+    assert core.find_checkpoint(out, out) is None
+    with pytest.raises(InputError, match="checkpoint not found"):
+        core.check_options(TrainOptions(data=(tmp_path,), output=out, resume=tmp_path / "other"), ["default"])
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert core.find_checkpoint(out, out) == out / "checkpoints" / "last.pt"
+
+
 def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(InputError, match="is a file"):

@@ -70,7 +70,7 @@ def fit_line(out: Path, epochs: int, seed: int, device: str, reporter: Reporter,
     """(network, trainer, state, runtime) after training into `out`."""
     import torch
 
-    loop = core.LoopSettings(epochs=epochs, steps_per_epoch=5, lr=0.05, warmup_steps=2, weight_decay=0.0,
+    loop = core.LoopSettings(epochs=epochs, steps_per_epoch=10, lr=0.1, warmup_steps=2, weight_decay=0.0,
                              grad_clip=1.0, ema_decay=0.5)
     runtime = core.start_runtime(device, None)
     with core.output_folder(out):

@@ -14,7 +14,7 @@ the same files reads the same entries; each is written atomically and read witho
 (`entry_path`, `read_entry`, `write_entry`: also for a trainer's own prepared data).
 
 Several processes (torchrun's, or `a2p train all` and a run beside it) may prepare the same data at once:
-`cached_entry` makes a missing entry under a lock file (<cache>/locks/<entry>.lock) and reads it again once it
+`cached_entry` makes a missing entry under a lock file (<data cache>/locks/<entry>.lock), reading it again once it
 holds the lock, so one process prepares each entry and the others wait for it and read it. `prepare_all` lets
 each of several processes start on its own share of the clips, then take the rest (prepared by the others
 meanwhile, or by itself when its cache is not theirs: a node of its own).
@@ -238,9 +238,9 @@ def _prepare_arrays(src: ClipSource, max_clip_s: float | None) -> dict[str, np.n
 def clip_arrays(clip: PreparedClip) -> dict[str, np.ndarray]:
     """A prepared clip as the arrays of its cache entry (the expression at float16 precision)."""
     return {"fps": np.float64(clip.fps), "expression": clip.expression.astype(np.float16),
-            "opening": clip.opening, "valid": clip.valid, "logmel": clip.logmel, "audio_from": np.array(clip.audio_from),
-            "name": np.array(clip.source.name), "rotation": clip.rotation, "translation": clip.translation,
-            "scale": clip.scale}
+            "opening": clip.opening, "valid": clip.valid, "logmel": clip.logmel,
+            "audio_from": np.array(clip.audio_from), "name": np.array(clip.source.name), "rotation": clip.rotation,
+            "translation": clip.translation, "scale": clip.scale}
 
 
 def prepare_all(sources: list[ClipSource], cache_dir: Path, max_clip_s: float | None, reporter: Reporter,

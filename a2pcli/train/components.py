@@ -2,8 +2,9 @@
 
 Adding a trainer to `train all` is one line in COMPONENTS: its name (the model folder <models>/<name>/), where
 its `train(TrainOptions, Reporter) -> summary dict` is, its presets, and where its
-`prepare_data(TrainOptions, Reporter)` is (optional: it fills the shared data cache, a2pcli.train.clips, before
-any component trains, so the data is prepared once). Entries are "package.module:function" strings, imported
+`prepare_data(TrainOptions, Reporter) -> dict` is (optional: it fills the shared data cache, a2pcli.train.clips,
+before any component trains, so the data is prepared once; its dict, e.g. {"clips": 40, "seconds": 1200.0}, is
+shown and kept in the summary). Entries are "package.module:function" strings, imported
 only when used, so reading the registry costs nothing.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 class Component:
     train: str  # "package.module:function": train(TrainOptions, Reporter) -> summary dict
     presets: tuple[str, ...]  # its preset names (`a2p train all --preset` must be one of every component's)
-    prepare: str | None = None  # "package.module:function": prepare_data(TrainOptions, Reporter), or None
+    prepare: str | None = None  # "package.module:function": prepare_data(TrainOptions, Reporter) -> dict, or None
 
 
 COMPONENTS: dict[str, Component] = {

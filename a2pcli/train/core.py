@@ -18,7 +18,8 @@ How a trainer plugs in (`a2pcli/train/audio2motion/` is the worked example; `a2p
     `split_speakers`, `sampling_weights`.
  4. The loop. Write a class with the `Trainer` methods: `batches(epoch, rng)` yields this process's batches
     of one epoch (every random draw from `rng`, which `fit` seeds from the run's seed and the epoch),
-    `loss(net, batch)` returns the loss tensor and its named parts as floats, `validate(ema)` the metrics
+    `loss(net, batch)` returns the loss tensor and its named parts as floats (`net` may be the network
+    wrapped for several processes: call it, do not reach into its attributes), `validate(ema)` the metrics
     of one epoch (a dict merged into the log row), `describe_epoch(row, epochs)` the line shown after each
     epoch, and `checkpoint_extra()` what the trainer needs to resume: JSON-able meta and named tensors.
     Then, inside `with output_folder(opts.output) as out:`, `start_log(out, resumed)`, build the network
@@ -31,7 +32,9 @@ How a trainer plugs in (`a2pcli/train/audio2motion/` is the worked example; `a2p
     the network's constructor arguments are its config, loaded strictly by the model's own module), then
     return the summary dict the CLI prints with --json.
  6. The command. In a2pcli/cli/cmd_train.py, a function beside `audio2motion` with the same option aliases,
-    which builds `TrainOptions` with `train_options(...)` and calls `run_trainer(...)`; register it.
+    which builds `TrainOptions` with `train_options(...)` and calls `run_trainer(...)`; register it. Then one
+    line in a2pcli/train/components.py puts it in `a2p train all` (with a `prepare_data` entry when its data can
+    be prepared ahead, into the shared cache).
 
 Several processes (torchrun: `torchrun --nproc-per-node N -m a2pcli train <name> ...`): every process runs
 the same `train` with the same options. `start_runtime` joins the process group (NCCL on GPUs, gloo on the
@@ -148,7 +151,7 @@ def check_options(opts: TrainOptions, presets: Iterable[str]) -> None:
         raise InputError(f"must be a whole number, 0 or more, got {opts.seed}", subject="--seed")
     if opts.val_speakers is not None and not any(s.strip() for s in opts.val_speakers):
         raise InputError("names no speaker", subject="--val-speakers", remedy="e.g. --val-speakers spk01,spk07")
-    if opts.resume is not None and not Path(opts.resume).exists():
+    if opts.resume is not None and not Path(opts.resume).exists() and not resumes_own_folder(opts.resume, opts.output):
         raise InputError("checkpoint not found", subject=str(opts.resume), remedy="check the --resume path")
 
 
@@ -501,9 +504,18 @@ class Checkpoint:
         return RunState(int(self.meta["epoch"]), int(self.meta["step"]), list(self.meta["history"]))
 
 
-def find_checkpoint(resume: Path | None) -> Path | None:
-    """The checkpoint file --resume names: a file, or a model folder's checkpoints/last.pt."""
+def resumes_own_folder(resume: Path | None, output: Path | None) -> bool:
+    """--resume names the run's own model folder (-o): continue its run when it has a checkpoint, start one when
+    it has none, so the same command serves the first start and every restart (torchrun --max-restarts)."""
+    return resume is not None and output is not None and Path(resume).absolute() == Path(output).absolute()
+
+
+def find_checkpoint(resume: Path | None, output: Path | None = None) -> Path | None:
+    """The checkpoint file --resume names: a file, or a model folder's checkpoints/last.pt; None without
+    --resume, and when --resume is the model folder `output` itself and it holds no checkpoint yet."""
     if resume is None:
+        return None
+    if resumes_own_folder(resume, output) and not (Path(output) / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
         return None
     path = Path(resume)
     if path.is_dir():
@@ -666,6 +678,15 @@ def start_log(output: Path, resumed: bool) -> None:
             (Path(output) / LOG_FILE).unlink()
 
 
+def rewrite_log(output: Path, history: list[dict]) -> None:
+    """The log as a resumed run's checkpoint has it (a run stopped between its log row and its checkpoint
+    would otherwise log that epoch twice)."""
+    from a2pcli.outputs import atomic_path
+
+    with atomic_path(Path(output) / LOG_FILE, overwrite=True) as tmp:
+        tmp.write_text("".join(json.dumps(row, default=_json_default) + "\n" for row in history))
+
+
 def append_log(output: Path, row: dict) -> None:
     with open(Path(output) / LOG_FILE, "a") as f:
         f.write(json.dumps(row, default=_json_default) + "\n")
@@ -706,7 +727,8 @@ class Run:
 
 def fit(trainer: Trainer, net, ema, optim, state: RunState, loop: LoopSettings, run: Run,
         reporter: Reporter) -> RunState:
-    """Train from `state` to loop.epochs; after each epoch validate, log, checkpoint and report (rank 0).
+    """Train from `state` to loop.epochs; after each epoch validate, log, checkpoint and report (rank 0). A
+    resumed run's log is first rewritten from its checkpoint's history.
 
     With several processes (torchrun) every process runs this with the same network, state and settings:
     the gradients are averaged over them at each step (DistributedDataParallel), so every process holds the
@@ -716,6 +738,8 @@ def fit(trainer: Trainer, net, ema, optim, state: RunState, loop: LoopSettings, 
     check_processes_agree(runtime, "run (data, options or checkpoint)",
                           {"steps_per_epoch": loop.steps_per_epoch, "epochs": loop.epochs, "epoch": state.epoch,
                            "step": state.step})
+    if runtime.is_main and state.history:
+        rewrite_log(run.output, state.history)
     reporter.stage("train", loop.total_steps)
     reporter.advance(state.step)
     for epoch in range(state.epoch + 1, loop.epochs + 1):

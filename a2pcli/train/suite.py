@@ -68,6 +68,7 @@ class Outcome:
     stage: str = ""  # where it failed: "prepare" or "train"
     device: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    data: dict | None = None  # what its `prepare` found (e.g. clips, seconds)
     summary: dict | None = None
     error: str | None = None
     exit_code: int = 0
@@ -170,7 +171,7 @@ def plan_slots(opts: AllOptions) -> list[Slot]:
 
 def component_options(opts: AllOptions, name: str, device: str) -> core.TrainOptions:
     out = Path(opts.output) / name
-    resume = out if opts.resume and (out / core.CHECKPOINT_DIR / core.LAST_CHECKPOINT).is_file() else None
+    resume = out if opts.resume else None  # its own folder: continued when it holds a checkpoint, else started
     return core.TrainOptions(data=tuple(opts.data), output=out, preset=opts.preset, val_speakers=opts.val_speakers,
                              resume=resume, seed=opts.seed, device=device)
 
@@ -184,8 +185,12 @@ def prepare_component(name: str, comp: Component, topts: core.TrainOptions, outc
     if comp.prepare is None:
         return
     t0 = time.perf_counter()
+    relay = _Relay(reporter, name)
     try:
-        load_entry(comp.prepare)(topts, Reporter(_Relay(reporter, name)))
+        data = load_entry(comp.prepare)(topts, Reporter(relay))
+        if isinstance(data, dict) and data:
+            outcome.data = data
+            relay({"event": "info", "message": "data ready: " + ", ".join(f"{k} {v}" for k, v in data.items())})
     except A2PError as exc:
         _fail(outcome, "prepare", exc.one_line(), exc.exit_code, name, reporter)
     except Exception as exc:  # noqa: BLE001 - one component's failure must not stop the others
@@ -196,7 +201,7 @@ def prepare_component(name: str, comp: Component, topts: core.TrainOptions, outc
 def _fail(outcome: Outcome, stage: str, error: str, code: int, name: str, reporter: Reporter) -> None:
     outcome.status, outcome.stage, outcome.error, outcome.exit_code = "failed", stage, error, code
     with _Relay.lock:
-        reporter.warn(f"{name} failed ({stage}, exit {code}); the other components go on: {error}")
+        reporter.warn(f"{name} failed ({stage}, exit {code}): {error}")
 
 
 # --- the training, one process per component ---------------------------------------------------------------
@@ -367,7 +372,7 @@ def _remove_empty(created: Path, output: Path) -> None:
 def summarise(opts: AllOptions, outcomes: dict[str, Outcome], slots: list[Slot], elapsed_s: float) -> dict:
     comps = {}
     for name, o in outcomes.items():
-        row = {"status": o.status, "device": o.device, "seconds": o.seconds,
+        row = {"status": o.status, "device": o.device, "seconds": o.seconds, "data": o.data,
                "output": str(Path(opts.output) / name)}
         if o.status == "ok":
             row["summary"] = o.summary

@@ -202,7 +202,7 @@ def _processes(runtime: core.Runtime, p: Preset) -> str:
 
 
 def _load_checkpoint(opts: TrainOptions) -> core.Checkpoint | None:
-    path = core.find_checkpoint(opts.resume)
+    path = core.find_checkpoint(opts.resume, opts.output)
     return core.load_checkpoint(path, NAME) if path is not None else None
 
 
