@@ -8,9 +8,9 @@ Data: by default synthetic clips (a2pcli.train.synthetic: stand-in files plus th
 log-mel of the real shapes, a babbling voice opening the jaw) written into a fresh cache in a temporary folder,
 so this needs only torch, numpy and the a2p package with its light dependencies (typer, rich, safetensors,
 filelock, platformdirs): no MediaPipe, ffmpeg, librosa or OpenCV. The defaults make 300 clips of 20 s (about
-0.6 GB in the temporary folder; 85 training speakers capped at 60 s each: 53 steps an epoch at batch 32). With --data, the clips
-under it must already be prepared in the cache at --cache (A2P_CACHE_DIR: copy <cache>/train-data/ along from
-the machine that prepared them; a clip missing from it would need MediaPipe).
+0.6 GB in the temporary folder; 85 training speakers capped at 60 s each: 53 steps an epoch at batch 32).
+With --data, the clips under it must already be prepared in the cache at --cache (A2P_CACHE_DIR: copy
+<cache>/train-data/ along from the machine that prepared them; a clip missing from it would need MediaPipe).
 
 Each run is one command in a fresh process (`python -m a2pcli train audio2motion ...` or
 `python -m torch.distributed.run --standalone --nproc-per-node N -m a2pcli train audio2motion ...`) with its own

@@ -188,7 +188,7 @@ def train_all(
     quiet: Quiet = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Train every model a2p ships (today: audio2motion) into one folder each.
+    """Train every model a2p ships, each into a folder of its own.
 
     The data is prepared once (landmarks, head pose and speech features, cached) and shared by all
     components. With --gpus each component trains on a GPU of its own at the same time; otherwise they

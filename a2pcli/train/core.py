@@ -151,7 +151,8 @@ def check_options(opts: TrainOptions, presets: Iterable[str]) -> None:
         raise InputError(f"must be a whole number, 0 or more, got {opts.seed}", subject="--seed")
     if opts.val_speakers is not None and not any(s.strip() for s in opts.val_speakers):
         raise InputError("names no speaker", subject="--val-speakers", remedy="e.g. --val-speakers spk01,spk07")
-    if opts.resume is not None and not Path(opts.resume).exists() and not resumes_own_folder(opts.resume, opts.output):
+    own = resumes_own_folder(opts.resume, opts.output)
+    if opts.resume is not None and not Path(opts.resume).exists() and not own:
         raise InputError("checkpoint not found", subject=str(opts.resume), remedy="check the --resume path")
 
 
@@ -397,7 +398,9 @@ def mean_over_processes(values: dict[str, float], runtime: Runtime) -> dict[str,
     return {k: float(v) / runtime.world_size for k, v in zip(keys, t.tolist())}
 
 
-def check_processes_agree(runtime: Runtime, what: str, values: dict[str, float]) -> None:
+def check_processes_agree(runtime: Runtime, what: str, values: dict[str, float],
+                          remedy: str = "give every process the same data folders (at the same paths on every "
+                          "node), options and checkpoint") -> None:
     """A2PError naming `what` when the processes hold different numbers (every process must see the same
     data, the same checkpoint and the same options; they would otherwise wait on each other forever)."""
     if not runtime.distributed:
@@ -413,12 +416,12 @@ def check_processes_agree(runtime: Runtime, what: str, values: dict[str, float])
     differ = [k for k, a, b in zip(keys, lo.tolist(), hi.tolist()) if a != b]
     if differ:
         raise A2PError(f"the processes differ in their {what} ({', '.join(differ)})", subject="torchrun",
-                       remedy="give every process the same data folders (at the same paths on every node), "
-                       "options and checkpoint")
+                       remedy=remedy)
 
 
 def weights_checksum(net) -> float:
-    """A number that changes with any weight (float64 sum of every parameter's values, weighted by position)."""
+    """One number for all the weights (float64 sum of every parameter's values, weighted by position): equal
+    weights give equal numbers, and different ones almost surely do not."""
     import torch
 
     with torch.no_grad():
@@ -744,7 +747,9 @@ def fit(trainer: Trainer, net, ema, optim, state: RunState, loop: LoopSettings, 
     reporter.advance(state.step)
     for epoch in range(state.epoch + 1, loop.epochs + 1):
         row = train_epoch(trainer, net, ema, optim, state, loop, run, epoch, reporter, model=model)
-        check_processes_agree(runtime, "weights after an epoch", {"weights": weights_checksum(net)})
+        if runtime.distributed:
+            check_processes_agree(runtime, "weights after an epoch", {"weights": weights_checksum(net)},
+                                  remedy="report it as a bug: the averaged steps should keep them equal")
         if runtime.is_main:
             row.update(trainer.validate(ema))
         state.history.append(row)
