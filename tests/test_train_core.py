@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from a2pcli.errors import InputError, NotAvailableError
+from a2pcli.errors import InputError
 from a2pcli.train import core
 from a2pcli.train.core import LoopSettings, RunState, TrainOptions
 from tests.conftest import run_a2p
@@ -140,28 +140,23 @@ def test_bad_options_are_named(tmp_path, change, flag):
     assert flag in exc.value.one_line()
 
 
+def test_resume_naming_the_model_folder_itself_starts_a_new_run_until_it_holds_a_checkpoint(tmp_path):
+    out = tmp_path / "model"
+    core.check_options(TrainOptions(data=(tmp_path,), output=out, resume=out), ["default"])
+    assert core.find_checkpoint(out, out) is None
+    with pytest.raises(InputError, match="checkpoint not found"):
+        core.check_options(TrainOptions(data=(tmp_path,), output=out, resume=tmp_path / "other"), ["default"])
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert core.find_checkpoint(out, out) == out / "checkpoints" / "last.pt"
+
+
 def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         core.check_output_folder(tmp_path / "f")
     core.check_output_folder(tmp_path / "a" / "b")
     assert not (tmp_path / "a").exists(), "the check creates nothing"
-
-
-def test_train_help_promises_no_multi_gpu():
-    for args in (("train", "--help"), ("train", "audio2motion", "--help")):
-        out = run_a2p(*args, check=0).stdout
-        assert "torchrun" not in out and "GPUs" not in out
-
-
-def test_several_processes_are_refused_until_supported(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    with pytest.raises(NotAvailableError, match="torchrun"):
-        core.start_runtime("cpu", None)
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    rt = core.start_runtime("cpu", None)
-    assert (rt.rank, rt.world_size, rt.is_main, rt.device) == (0, 1, True, "cpu")
-    assert rt.per_process(32) == 32 and rt.seed(3, "epoch", 1) == core.derive_seed(3, "epoch", 1)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():

@@ -12,12 +12,19 @@ The cache (`data_cache_dir()`: <a2p cache>/train-data, or a folder given by the 
 clip, named by the sha256 of the video and sidecar files and the settings, so every trainer and every run on
 the same files reads the same entries; each is written atomically and read without pickles
 (`entry_path`, `read_entry`, `write_entry`: also for a trainer's own prepared data).
+
+Several processes (torchrun's, or `a2p train all` and a run beside it) may prepare the same data at once:
+`cached_entry` makes a missing entry under a lock file (<data cache>/locks/<entry>.lock), reading it again once it
+holds the lock, so one process prepares each entry and the others wait for it and read it. `prepare_all` lets
+each of several processes start on its own share of the clips, then take the rest (prepared by the others
+meanwhile, or by itself when its cache is not theirs: a node of its own).
 """
 
 from __future__ import annotations
 
 import hashlib
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +40,8 @@ SIDECAR_AUDIO_EXTS = (".wav", ".flac")  # speech beside a silent video, same ste
 SPEAKERS_FILE = "speakers.tsv"
 DATA_CACHE_VERSION = 2  # bump when what a cache file holds changes (1: audio2motion's own, in <model>/cache)
 DATA_CACHE_SUBDIR = "train-data"
+LOCKS_SUBDIR = "locks"  # <data cache>/locks/<entry>.lock: held while an entry is being made
+LOCK_TIMEOUT_S = 6 * 3600  # how long a process waits for another's preparation of one entry (a long video)
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,31 @@ def cache_path(cache_dir: Path, src: ClipSource, max_clip_s: float | None) -> Pa
     return entry_path(cache_dir, f"clip v{DATA_CACHE_VERSION}", src.video, src.sidecar, f"max{max_clip_s}")
 
 
+def cached_entry(path: Path, make: Callable[[], dict[str, np.ndarray]],
+                 usable: Callable[[dict[str, np.ndarray]], bool] = lambda arrays: True) -> dict[str, np.ndarray]:
+    """The arrays of a cache file; when it is missing or not `usable`, `make()`'s, written to it. The making
+    happens under the entry's lock, after reading the file once more: of several processes asking at once,
+    one makes it and the others wait, then read it."""
+    from filelock import FileLock, Timeout
+
+    arrays = read_entry(path)
+    if arrays is not None and usable(arrays):
+        return arrays
+    lock = path.parent / LOCKS_SUBDIR / (path.stem + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(lock), timeout=LOCK_TIMEOUT_S):
+            arrays = read_entry(path)
+            if arrays is not None and usable(arrays):
+                return arrays
+            arrays = make()
+            write_entry(path, arrays)
+            return arrays
+    except Timeout:
+        raise A2PError(f"another process has held its lock for {LOCK_TIMEOUT_S} s", subject=str(path),
+                       remedy=f"if no a2p run is preparing data, delete {lock}") from None
+
+
 def load_speech(src: ClipSource, max_clip_s: float | None) -> tuple[np.ndarray, str]:
     """(samples at features.SAMPLE_RATE, where they came from): the video's sound, else its sidecar."""
     from a2pcli.encode import load_audio, probe_audio
@@ -177,40 +211,59 @@ def _clip_from_entry(a: dict[str, np.ndarray] | None, src: ClipSource) -> Prepar
 
 def prepare_clip(src: ClipSource, cache_dir: Path, max_clip_s: float | None = None) -> PreparedClip:
     """Landmarks, head pose and log-mel of one clip (its first max_clip_s seconds), from the cache when it holds
-    them. The expression is kept at float16 precision, so a fresh clip equals a cached one."""
+    them (made once, see `cached_entry`). The expression is kept at float16 precision in the cache."""
     path = cache_path(cache_dir, src, max_clip_s)
-    clip = _clip_from_entry(read_entry(path), src)
-    if clip is not None:
-        return clip
+    arrays = cached_entry(path, lambda: _prepare_arrays(src, max_clip_s),
+                          usable=lambda a: _clip_from_entry(a, src) is not None)
+    clip = _clip_from_entry(arrays, src)
+    if clip is None:
+        raise InputError("gives unusable landmarks or speech features (not finite, or of the wrong shape)",
+                         subject=str(src.video))
+    return clip
+
+
+def _prepare_arrays(src: ClipSource, max_clip_s: float | None) -> dict[str, np.ndarray]:
+    """What a clip's cache entry holds, from the video (MediaPipe) and its speech."""
     from a2pcli.extract import ExtractOptions, extract_motion
 
     audio, origin = load_speech(src, max_clip_s)
     motion, _ = extract_motion(src.video, ExtractOptions(end=max_clip_s), Reporter())
     canon = motion.reference + motion.expression
-    expression16 = motion.expression.astype(np.float32).astype(np.float16)
-    clip = PreparedClip(src, motion.fps, expression16.astype(np.float32), mouth_opening(canon).astype(np.float32),
-                        motion.valid & ~motion.filled, features.log_mel(audio), origin,
-                        motion.rotation.astype(np.float32), motion.translation.astype(np.float32),
-                        motion.scale.astype(np.float32))
-    write_entry(path, {"fps": np.float64(clip.fps), "expression": expression16, "opening": clip.opening,
-                       "valid": clip.valid, "logmel": clip.logmel, "audio_from": np.array(origin),
-                       "name": np.array(src.name), "rotation": clip.rotation, "translation": clip.translation,
-                       "scale": clip.scale})
-    return clip
+    return clip_arrays(PreparedClip(
+        src, motion.fps, motion.expression.astype(np.float32), mouth_opening(canon).astype(np.float32),
+        motion.valid & ~motion.filled, features.log_mel(audio), origin, motion.rotation.astype(np.float32),
+        motion.translation.astype(np.float32), motion.scale.astype(np.float32)))
 
 
-def prepare_all(sources: list[ClipSource], cache_dir: Path, max_clip_s: float | None,
-                reporter: Reporter) -> list[PreparedClip]:
-    """Every clip that can be prepared; the others are reported as warnings and skipped."""
-    clips = []
+def clip_arrays(clip: PreparedClip) -> dict[str, np.ndarray]:
+    """A prepared clip as the arrays of its cache entry (the expression at float16 precision)."""
+    return {"fps": np.float64(clip.fps), "expression": clip.expression.astype(np.float16),
+            "opening": clip.opening, "valid": clip.valid, "logmel": clip.logmel,
+            "audio_from": np.array(clip.audio_from), "name": np.array(clip.source.name), "rotation": clip.rotation,
+            "translation": clip.translation, "scale": clip.scale}
+
+
+def prepare_all(sources: list[ClipSource], cache_dir: Path, max_clip_s: float | None, reporter: Reporter,
+                process: tuple[int, int] | None = None) -> list[PreparedClip]:
+    """Every clip that can be prepared, in the order of `sources`; the others are reported as warnings and
+    skipped. `process`: (rank, processes) of this process among several preparing the same sources at once
+    (None: torchrun's, from the environment): each starts with its own share, sources[rank::processes]."""
+    if process is None:
+        from a2pcli.train.core import launch_from_env
+
+        launch = launch_from_env()
+        process = (launch.rank, launch.world_size)
+    rank, n = process
+    order = list(range(rank, len(sources), n)) + [i for i in range(len(sources)) if i % n != rank]
+    clips: dict[int, PreparedClip] = {}
     reporter.stage("prepare data (landmarks + features, cached)", len(sources))
-    for src in sources:
+    for i in order:
         try:
-            clips.append(prepare_clip(src, cache_dir, max_clip_s))
+            clips[i] = prepare_clip(sources[i], cache_dir, max_clip_s)
         except A2PError as exc:
-            reporter.warn(f"skipped {src.name}: {exc.one_line()}")
+            reporter.warn(f"skipped {sources[i].name}: {exc.one_line()}")
         reporter.advance()
-    return clips
+    return [clips[i] for i in sorted(clips)]
 
 
 # --- split and sampling ------------------------------------------------------------------------------------

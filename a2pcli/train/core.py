@@ -18,7 +18,8 @@ How a trainer plugs in (`a2pcli/train/audio2motion/` is the worked example; `a2p
     `split_speakers`, `sampling_weights`.
  4. The loop. Write a class with the `Trainer` methods: `batches(epoch, rng)` yields this process's batches
     of one epoch (every random draw from `rng`, which `fit` seeds from the run's seed and the epoch),
-    `loss(net, batch)` returns the loss tensor and its named parts as floats, `validate(ema)` the metrics
+    `loss(net, batch)` returns the loss tensor and its named parts as floats (`net` may be the network
+    wrapped for several processes: call it, do not reach into its attributes), `validate(ema)` the metrics
     of one epoch (a dict merged into the log row), `describe_epoch(row, epochs)` the line shown after each
     epoch, and `checkpoint_extra()` what the trainer needs to resume: JSON-able meta and named tensors.
     Then, inside `with output_folder(opts.output) as out:`, `start_log(out, resumed)`, build the network
@@ -31,13 +32,26 @@ How a trainer plugs in (`a2pcli/train/audio2motion/` is the worked example; `a2p
     the network's constructor arguments are its config, loaded strictly by the model's own module), then
     return the summary dict the CLI prints with --json.
  6. The command. In a2pcli/cli/cmd_train.py, a function beside `audio2motion` with the same option aliases,
-    which builds `TrainOptions` with `train_options(...)` and calls `run_trainer(...)`; register it.
+    which builds `TrainOptions` with `train_options(...)` and calls `run_trainer(...)`; register it. Then one
+    line in a2pcli/train/components.py puts it in `a2p train all` (with a `prepare_data` entry when its data can
+    be prepared ahead, into the shared cache).
 
-Several processes (torchrun) are not supported yet: `start_runtime` refuses WORLD_SIZE > 1. The pieces that
-will change for DistributedDataParallel are all here: `Runtime` carries rank and world size (0 and 1
-without torchrun); `fit` alone steps the optimiser and does rank-0-only work (validation, log, checkpoint)
-behind `runtime.is_main`; `Runtime.seed` derives per-process seeds (the same numbers as now when there is one
-process); `Runtime.per_process` splits a batch. A trainer written to this protocol needs no change.
+Several processes (torchrun: `torchrun --nproc-per-node N -m a2pcli train <name> ...`): every process runs
+the same `train` with the same options. `start_runtime` joins the process group (NCCL on GPUs, gloo on the
+CPU) and gives each process its device (cuda:LOCAL_RANK) and `Runtime.rank`/`world_size`; `fit` wraps the
+network in DistributedDataParallel (gradients averaged over the processes at every step), checks that the
+processes agree on the run and on the weights after each epoch, averages the logged losses, and leaves
+validation, the log and the checkpoint to rank 0 (`runtime.is_main`); `output_folder` and `start_log` touch
+the folder on rank 0 only. What a trainer does for it:
+  - `batches`: draw this process's part of each global batch, `runtime.per_process(batch_size)` items (the
+    batch size is the whole step's, so the recipe and the learning rate stay those of one process), from this
+    process's share of the data, `runtime.shard(weights, derive_seed(seed, "shard", epoch))` (a new split
+    every epoch; every item when there is one process, so one process trains exactly as before). `rng` is
+    already this process's own (`Runtime.seed` adds the rank only when there are several).
+  - after `fit`: export on rank 0 only; the others return `process_summary(...)`.
+  - prepare data through `a2pcli.train.clips` (its cache is safe for concurrent processes: one prepares an
+    entry under a lock, the others wait and read it).
+With one process none of this changes anything: same draws, same losses, same weights.
 
 Files in the model folder: `train_log.jsonl` (one JSON object per epoch), `checkpoints/last.pt` (see
 `save_checkpoint`), and the trainer's exported files.
@@ -49,6 +63,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import shutil
 import time
 import zlib
@@ -59,7 +74,7 @@ from typing import Protocol
 
 import numpy as np
 
-from a2pcli.errors import InputError, NotAvailableError, OutputError
+from a2pcli.errors import A2PError, EnvironmentProblem, InputError, OutputError
 from a2pcli.progress import Reporter
 
 CHECKPOINT_DIR, LAST_CHECKPOINT = "checkpoints", "last.pt"
@@ -136,7 +151,8 @@ def check_options(opts: TrainOptions, presets: Iterable[str]) -> None:
         raise InputError(f"must be a whole number, 0 or more, got {opts.seed}", subject="--seed")
     if opts.val_speakers is not None and not any(s.strip() for s in opts.val_speakers):
         raise InputError("names no speaker", subject="--val-speakers", remedy="e.g. --val-speakers spk01,spk07")
-    if opts.resume is not None and not Path(opts.resume).exists():
+    own = resumes_own_folder(opts.resume, opts.output)
+    if opts.resume is not None and not Path(opts.resume).exists() and not own:
         raise InputError("checkpoint not found", subject=str(opts.resume), remedy="check the --resume path")
 
 
@@ -159,7 +175,7 @@ def check_output_folder(output: Path) -> None:
     where = missing.parent if missing is not None else output
     if not where.is_dir():
         raise OutputError("is not a folder", subject=str(where), remedy="choose another -o")
-    probe = where / f".write-test.{os.getpid()}"
+    probe = where / f".write-test.{os.getpid()}.{secrets.token_hex(4)}"  # unique across processes and nodes
     try:  # a real write: permission bits alone do not tell (root, read-only mounts, full disks)
         probe.open("xb").close()
         probe.unlink()
@@ -171,8 +187,12 @@ def check_output_folder(output: Path) -> None:
 @contextlib.contextmanager
 def output_folder(output: Path) -> Iterator[Path]:
     """Create the model folder for a run. When the run fails (or is interrupted) before its first checkpoint,
-    a folder this run created is removed again, so a failed `train` leaves nothing behind."""
+    a folder this run created is removed again, so a failed `train` leaves nothing behind. Under torchrun only
+    rank 0 creates (and removes) it."""
     output = Path(output)
+    if launch_from_env().rank != 0:  # the other processes of a torchrun run write nothing
+        yield output
+        return
     created = _first_missing(output.absolute())
     output.mkdir(parents=True, exist_ok=True)
     try:
@@ -183,7 +203,34 @@ def output_folder(output: Path) -> Iterator[Path]:
         raise
 
 
-# --- runtime: device and (later) processes ---------------------------------------------------------------
+# --- runtime: the device and the processes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place among the processes torchrun started (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0  # 0 .. world_size - 1 over every node
+    local_rank: int = 0  # the process's number on its own node: its GPU is cuda:local_rank
+    world_size: int = 1
+
+
+def launch_from_env(env: dict | None = None) -> Launch:
+    """torchrun's RANK, LOCAL_RANK and WORLD_SIZE, checked; Launch() when they are absent. Reads the
+    environment only (nothing is initialised), so it can be asked before any work."""
+    env = os.environ if env is None else env
+    values = {}
+    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        text = (env.get(name) or default).strip()
+        if not text.isdigit():
+            raise InputError(f"must be a whole number, got {text!r}", subject=name,
+                             remedy="start the command with torchrun, or without these variables")
+        values[name] = int(text)
+    world, rank = values["WORLD_SIZE"], values["RANK"]
+    if world < 1 or rank >= world:
+        raise InputError(f"rank {rank} of {world} processes is not a place in the run", subject="RANK/WORLD_SIZE",
+                         remedy="start the command with torchrun, or without these variables")
+    return Launch(rank, values["LOCAL_RANK"], world)
 
 
 @dataclass(frozen=True)
@@ -194,11 +241,16 @@ class Runtime:
     device_name: str  # for messages
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
         """The process that validates, logs and saves."""
         return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
     def seed(self, seed: int, *parts) -> int:
         """A seed for one purpose (e.g. "epoch", 3); each process gets its own once there are several."""
@@ -207,20 +259,173 @@ class Runtime:
         return derive_seed(seed, *parts, "rank", self.rank)
 
     def per_process(self, n: int) -> int:
-        """This process's share of `n` items (a global batch)."""
+        """This process's share of `n` items (a global batch): the first n % world_size processes take one more."""
         return n // self.world_size + (1 if self.rank < n % self.world_size else 0)
+
+    def shard(self, weights, seed: int) -> list[int]:
+        """This process's share of len(weights) items (clips) for one epoch, as sorted indices.
+
+        One process: every item. Several: the items, shuffled by `seed` (the same on every process: derive it
+        from the run's seed and the epoch, not with `self.seed`), are dealt out one by one to the share that
+        weighs least so far, so the shares are disjoint, cover every item and weigh about the same; with
+        fewer items than processes each process takes one item (items are then shared)."""
+        n = len(weights)
+        if self.world_size == 1:
+            return list(range(n))
+        order = np.random.default_rng(seed).permutation(n)
+        if n <= self.world_size:
+            return [int(order[self.rank % n])] if n else []
+        loads = np.zeros(self.world_size)
+        mine = []
+        for i in order:
+            k = int(np.argmin(loads))
+            loads[k] += float(weights[i])
+            if k == self.rank:
+                mine.append(int(i))
+        return sorted(mine)
+
+
+def check_batch_split(runtime: Runtime, batch_size: int, reporter: Reporter) -> None:
+    """InputError when a batch cannot give every process an item; a warning when it splits unevenly (the
+    averaged gradients then weigh the items of the smaller parts a little more)."""
+    n = runtime.world_size
+    if batch_size < n:
+        raise InputError(f"a batch of {batch_size} cannot give each of the {n} processes an item",
+                         subject="--batch-size", remedy=f"use a batch of at least {n} (a multiple of {n} is best)")
+    if batch_size % n:
+        reporter.warn(f"the batch of {batch_size} splits unevenly over {n} processes; a multiple of {n} weighs every "
+                      "item the same")
+
+
+PROCESS_GROUP_TIMEOUT_S = 3600  # how long a process waits for the others at a collective step (rank 0
+                                # validates and checkpoints between epochs while the others wait)
 
 
 def start_runtime(device_spec: str, job) -> Runtime:
-    """The device for this run (a2pcli.device.preflight). `job`: a2pcli.device.JobEstimate."""
+    """The device for this run (a2pcli.device.preflight). `job`: a2pcli.device.JobEstimate.
+
+    Under torchrun with several processes: joins the process group (NCCL on GPUs, gloo on the CPU); each
+    process trains on the GPU of its local rank, cuda:LOCAL_RANK (`--device auto` or `cuda`), or on the CPU
+    (`--device cpu`, or auto without a GPU)."""
     from a2pcli.device import preflight
 
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.strip() not in ("", "1"):
-        raise NotAvailableError("training in several processes (torchrun) is not available in this version",
-                                subject=f"WORLD_SIZE={world}", remedy="run the command without torchrun")
-    choice = preflight(device_spec, job)
-    return Runtime(choice.device, choice.name)
+    launch = launch_from_env()
+    if launch.world_size == 1:
+        choice = preflight(device_spec, job)
+        return Runtime(choice.device, choice.name)
+    choice = _process_device(device_spec, launch.local_rank, job)
+    _join_process_group(choice.device, launch)
+    return Runtime(choice.device, choice.name, launch.rank, launch.world_size, launch.local_rank)
+
+
+def _process_device(device_spec: str, local_rank: int, job):
+    """cuda:LOCAL_RANK, or the CPU, for one process of several."""
+    from a2pcli.device import parse_device, preflight, visible_cuda_count
+
+    kind, index = parse_device(device_spec)
+    if index is not None:
+        raise InputError("under torchrun each process trains on the GPU of its local rank (cuda:LOCAL_RANK)",
+                         subject=f"--device {device_spec}",
+                         remedy="use --device cuda (or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    if kind == "cpu" or (kind == "auto" and visible_cuda_count() == 0):
+        return preflight("cpu", job)
+    count = visible_cuda_count()
+    if count and local_rank >= count:
+        raise EnvironmentProblem(f"torch sees {count} GPU(s) on this machine, too few for process {local_rank} "
+                                 "of this node", subject=f"LOCAL_RANK={local_rank}",
+                                 remedy=f"start at most {count} process(es) per node (--nproc-per-node), "
+                                 "or train on the CPU with --device cpu")
+    return preflight(f"cuda:{local_rank}" if count else "cuda", job)
+
+
+def _join_process_group(device: str, launch: Launch) -> None:
+    """torch.distributed's default group (torchrun's MASTER_ADDR/MASTER_PORT); left again at exit."""
+    import atexit
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise EnvironmentProblem("this torch build has no torch.distributed", subject="torchrun",
+                                 remedy="install a torch build with distributed support, or run without torchrun")
+    if dist.is_initialized():
+        if dist.get_world_size() != launch.world_size or dist.get_rank() != launch.rank:
+            raise EnvironmentProblem("a process group of another shape is already running", subject="torchrun")
+        return
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(device)
+    backend = "nccl" if cuda else "gloo"
+    if (cuda and not dist.is_nccl_available()) or (not cuda and not dist.is_gloo_available()):
+        raise EnvironmentProblem(f"this torch build lacks the {backend} backend", subject="torchrun",
+                                 remedy="install the official torch build")
+    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
+                            timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
+    atexit.register(_leave_process_group)
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def data_parallel(net, runtime: Runtime):
+    """What the loss runs: `net` itself in one process; with several, `net` wrapped in
+    DistributedDataParallel, whose backward averages the gradients over the processes (every parameter
+    must take part in the loss)."""
+    if not runtime.distributed:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [int(runtime.device.split(":")[1])] if runtime.device.startswith("cuda") else None
+    return DistributedDataParallel(net, device_ids=ids)
+
+
+def mean_over_processes(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
+    """The mean of each value over the processes (the values themselves in one process)."""
+    if not runtime.distributed or not values:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    keys = list(values)  # the same on every process: the trainer's loss parts
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(t)
+    return {k: float(v) / runtime.world_size for k, v in zip(keys, t.tolist())}
+
+
+def check_processes_agree(runtime: Runtime, what: str, values: dict[str, float],
+                          remedy: str = "give every process the same data folders (at the same paths on every "
+                          "node), options and checkpoint") -> None:
+    """A2PError naming `what` when the processes hold different numbers (every process must see the same
+    data, the same checkpoint and the same options; they would otherwise wait on each other forever)."""
+    if not runtime.distributed:
+        return
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=runtime.device)
+    lo, hi = t.clone(), t.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    differ = [k for k, a, b in zip(keys, lo.tolist(), hi.tolist()) if a != b]
+    if differ:
+        raise A2PError(f"the processes differ in their {what} ({', '.join(differ)})", subject="torchrun",
+                       remedy=remedy)
+
+
+def weights_checksum(net) -> float:
+    """One number for all the weights (float64 sum of every parameter's values, weighted by position): equal
+    weights give equal numbers, and different ones almost surely do not."""
+    import torch
+
+    with torch.no_grad():
+        return float(sum((p.detach().double().flatten() * (1 + i)).sum() for i, p in enumerate(net.parameters())))
 
 
 # --- seeds, schedule, weight average ---------------------------------------------------------------------
@@ -302,9 +507,18 @@ class Checkpoint:
         return RunState(int(self.meta["epoch"]), int(self.meta["step"]), list(self.meta["history"]))
 
 
-def find_checkpoint(resume: Path | None) -> Path | None:
-    """The checkpoint file --resume names: a file, or a model folder's checkpoints/last.pt."""
+def resumes_own_folder(resume: Path | None, output: Path | None) -> bool:
+    """--resume names the run's own model folder (-o): continue its run when it has a checkpoint, start one when
+    it has none, so the same command serves the first start and every restart (torchrun --max-restarts)."""
+    return resume is not None and output is not None and Path(resume).absolute() == Path(output).absolute()
+
+
+def find_checkpoint(resume: Path | None, output: Path | None = None) -> Path | None:
+    """The checkpoint file --resume names: a file, or a model folder's checkpoints/last.pt; None without
+    --resume, and when --resume is the model folder `output` itself and it holds no checkpoint yet."""
     if resume is None:
+        return None
+    if resumes_own_folder(resume, output) and not (Path(output) / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
         return None
     path = Path(resume)
     if path.is_dir():
@@ -461,10 +675,19 @@ def write_model_files(folder: Path, config: dict, tensors: dict, metadata: dict[
 
 
 def start_log(output: Path, resumed: bool) -> None:
-    """A fresh run starts the log again; a resumed one appends to it."""
-    if not resumed:
+    """A fresh run starts the log again; a resumed one appends to it (rank 0 alone writes the log)."""
+    if not resumed and launch_from_env().rank == 0:
         with contextlib.suppress(FileNotFoundError):
             (Path(output) / LOG_FILE).unlink()
+
+
+def rewrite_log(output: Path, history: list[dict]) -> None:
+    """The log as a resumed run's checkpoint has it (a run stopped between its log row and its checkpoint
+    would otherwise log that epoch twice)."""
+    from a2pcli.outputs import atomic_path
+
+    with atomic_path(Path(output) / LOG_FILE, overwrite=True) as tmp:
+        tmp.write_text("".join(json.dumps(row, default=_json_default) + "\n" for row in history))
 
 
 def append_log(output: Path, row: dict) -> None:
@@ -507,16 +730,31 @@ class Run:
 
 def fit(trainer: Trainer, net, ema, optim, state: RunState, loop: LoopSettings, run: Run,
         reporter: Reporter) -> RunState:
-    """Train from `state` to loop.epochs; after each epoch validate, log, checkpoint and report (rank 0)."""
+    """Train from `state` to loop.epochs; after each epoch validate, log, checkpoint and report (rank 0). A
+    resumed run's log is first rewritten from its checkpoint's history.
+
+    With several processes (torchrun) every process runs this with the same network, state and settings:
+    the gradients are averaged over them at each step (DistributedDataParallel), so every process holds the
+    same weights (checked after each epoch); the logged training losses are the means over the processes."""
+    runtime = run.runtime
+    model = data_parallel(net, runtime)
+    check_processes_agree(runtime, "run (data, options or checkpoint)",
+                          {"steps_per_epoch": loop.steps_per_epoch, "epochs": loop.epochs, "epoch": state.epoch,
+                           "step": state.step})
+    if runtime.is_main and state.history:
+        rewrite_log(run.output, state.history)
     reporter.stage("train", loop.total_steps)
     reporter.advance(state.step)
     for epoch in range(state.epoch + 1, loop.epochs + 1):
-        row = train_epoch(trainer, net, ema, optim, state, loop, run, epoch, reporter)
-        if run.runtime.is_main:
+        row = train_epoch(trainer, net, ema, optim, state, loop, run, epoch, reporter, model=model)
+        if runtime.distributed:
+            check_processes_agree(runtime, "weights after an epoch", {"weights": weights_checksum(net)},
+                                  remedy="report it as a bug: the averaged steps should keep them equal")
+        if runtime.is_main:
             row.update(trainer.validate(ema))
         state.history.append(row)
         state.epoch = epoch
-        if run.runtime.is_main:
+        if runtime.is_main:
             append_log(run.output, row)
             meta, tensors = trainer.checkpoint_extra()
             save_checkpoint(run.output, trainer.name, net, ema, optim, state, meta, tensors)
@@ -525,11 +763,13 @@ def fit(trainer: Trainer, net, ema, optim, state: RunState, loop: LoopSettings, 
 
 
 def train_epoch(trainer: Trainer, net, ema, optim, state: RunState, loop: LoopSettings, run: Run, epoch: int,
-                reporter: Reporter) -> dict:
+                reporter: Reporter, model=None) -> dict:
     """One epoch of optimiser steps -> its log row (epoch, step, lr, seconds, train_loss, train_<part>...).
-    Every random draw derives from the run's seed and the epoch, so a resumed run repeats it exactly."""
+    Every random draw derives from the run's seed and the epoch, so a resumed run repeats it exactly.
+    `model`: what the loss runs (`data_parallel(net, ...)`; `net` itself when None)."""
     import torch
 
+    model = net if model is None else model
     rng = np.random.default_rng(run.runtime.seed(run.seed, "epoch", epoch))
     torch.manual_seed(run.runtime.seed(run.seed, "torch", epoch))
     batches = iter(trainer.batches(epoch, rng))
@@ -540,7 +780,7 @@ def train_epoch(trainer: Trainer, net, ema, optim, state: RunState, loop: LoopSe
         batch = next(batches)
         for group in optim.param_groups:
             group["lr"] = warmup_cosine(state.step, loop.total_steps, loop.lr, loop.warmup_steps)
-        total, parts = trainer.loss(net, batch)
+        total, parts = trainer.loss(model, batch)
         optim.zero_grad(set_to_none=True)
         total.backward()
         if loop.grad_clip:
@@ -552,8 +792,15 @@ def train_epoch(trainer: Trainer, net, ema, optim, state: RunState, loop: LoopSe
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
         reporter.advance()
+    sums = mean_over_processes(sums, run.runtime)
     row = {"epoch": epoch, "step": state.step,
            "lr": round(warmup_cosine(state.step - 1, loop.total_steps, loop.lr, loop.warmup_steps), 6),
            "seconds": round(time.perf_counter() - t0, 1)}
     row.update({f"train_{k}": round(v / loop.steps_per_epoch, 4) for k, v in sums.items()})
     return row
+
+
+def process_summary(runtime: Runtime, state: RunState, elapsed_s: float) -> dict:
+    """What a process other than rank 0 returns from a trainer's `train` (it exports nothing)."""
+    return {"rank": runtime.rank, "world_size": runtime.world_size, "device": runtime.device,
+            "epochs": state.epoch, "steps": state.step, "elapsed_s": round(elapsed_s, 1)}

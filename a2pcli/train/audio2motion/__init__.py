@@ -1,6 +1,7 @@
 """Training the audio2motion model (a2pcli.audio2motion) on talking videos with their speech.
 
     train(TrainOptions(...), reporter) -> summary dict        (what `a2p train audio2motion` calls)
+    prepare_data(TrainOptions(...), reporter)                 (the data only, into the cache: `a2p train all`)
 
 Stages, one module each:
   data.py      the clips (a2pcli.train.clips: videos with speech, landmarks and log-mel, cached) with their
@@ -21,8 +22,8 @@ Seeded: the split, every crop and every augmentation derive from --seed and the 
 resumed from a checkpoint continues exactly as an uninterrupted one would (on the same device).
 """
 
-from a2pcli.train.audio2motion.loop import train
+from a2pcli.train.audio2motion.loop import prepare_data, train
 from a2pcli.train.audio2motion.presets import PRESETS, Preset
 from a2pcli.train.core import TrainOptions
 
-__all__ = ["PRESETS", "Preset", "TrainOptions", "train"]
+__all__ = ["PRESETS", "Preset", "TrainOptions", "prepare_data", "train"]

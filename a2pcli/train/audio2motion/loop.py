@@ -96,9 +96,15 @@ class Audio2MotionTrainer:
         self.prob = prob / prob.sum()
 
     def batches(self, epoch: int, rng: np.random.Generator):
-        p = self.ctx.p
-        return epoch_batches(self.train_clips, self.prob, rng, p, self.ctx.runtime.per_process(p.batch_size),
-                             self.margin, self.ctx.cfg.n_codes)
+        """Crops of this process's share of the training clips (all of them in one process), drawn by their
+        sampling weights; this process's part of the batch."""
+        p, runtime = self.ctx.p, self.ctx.runtime
+        share = runtime.shard(self.prob, core.derive_seed(self.ctx.opts.seed, "shard", epoch))
+        clips, prob = self.train_clips, self.prob
+        if len(share) < len(clips):
+            clips, prob = [clips[i] for i in share], self.prob[share] / self.prob[share].sum()
+        return epoch_batches(clips, prob, rng, p, runtime.per_process(p.batch_size), self.margin,
+                             self.ctx.cfg.n_codes)
 
     def loss(self, net, batch):
         import torch
@@ -146,8 +152,9 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> dict:
     ckpt = _load_checkpoint(opts)
     p = resolve_preset(opts) if ckpt is None else _checkpoint_preset(ckpt, resolve_preset(opts).epochs)
     runtime = core.start_runtime(opts.device, JobEstimate("training audio2motion", vram_bytes=JOB_VRAM))
-    reporter.info(f"device: {runtime.device} ({runtime.device_name}); preset {opts.preset}, {p.epochs} epochs, "
-                  f"batch {p.batch_size}, lr {p.lr:g}")
+    reporter.info(f"device: {runtime.device} ({runtime.device_name}){_processes(runtime, p)}; preset {opts.preset}, "
+                  f"{p.epochs} epochs, batch {p.batch_size}, lr {p.lr:g}")
+    core.check_batch_split(runtime, p.batch_size, reporter)
     with core.output_folder(opts.output) as out:
         core.start_log(out, resumed=ckpt is not None)
         ctx = _context(opts, p, sources, ckpt, runtime, out, reporter)
@@ -163,12 +170,39 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> dict:
             reporter.info(f"resumed from {ckpt.path} after epoch {state.epoch} (step {state.step})")
         trainer = Audio2MotionTrainer(ctx)
         core.fit(trainer, net, ema, optim, state, loop, core.Run(out, runtime, opts.seed), reporter)
+        if not runtime.is_main:  # under torchrun rank 0 alone exports
+            return core.process_summary(runtime, state, time.perf_counter() - t0)
         model = export(ctx, ema, state, trainer.scales, reporter)
     return summary(ctx, state, model, time.perf_counter() - t0)
 
 
+def prepare_data(opts: TrainOptions, reporter: Reporter | None = None) -> dict:
+    """The clips `train` reads, prepared into the shared data cache (what `a2p train all` runs for every
+    component before any training). InputError when too few of them are usable."""
+    reporter = reporter or Reporter()
+    core.check_options(opts, PRESETS)
+    sources = sources_for(opts.data)
+    ckpt = _load_checkpoint(opts)
+    p = resolve_preset(opts) if ckpt is None else _checkpoint_preset(ckpt, resolve_preset(opts).epochs)
+    clips = prepare(sources, data_cache_dir(), p.max_clip_s, reporter)
+    _require_clips(clips, opts)
+    return {"clips": len(clips), "seconds": round(sum(c.duration for c in clips), 1)}
+
+
+def _require_clips(clips: list, opts: TrainOptions) -> None:
+    if len(clips) < MIN_CLIPS:
+        raise InputError(f"only {len(clips)} usable clip(s)", subject=", ".join(map(str, opts.data)),
+                         remedy="training needs talking videos of at least two speakers (one is held out)")
+
+
+def _processes(runtime: core.Runtime, p: Preset) -> str:
+    if not runtime.distributed:
+        return ""
+    return f" x {runtime.world_size} processes, {runtime.per_process(p.batch_size)} clips of the batch each"
+
+
 def _load_checkpoint(opts: TrainOptions) -> core.Checkpoint | None:
-    path = core.find_checkpoint(opts.resume)
+    path = core.find_checkpoint(opts.resume, opts.output)
     return core.load_checkpoint(path, NAME) if path is not None else None
 
 
@@ -189,9 +223,7 @@ def _context(opts: TrainOptions, p: Preset, sources, ckpt: core.Checkpoint | Non
     from a2pcli.headpose import load_reference
 
     clips = prepare(sources, data_cache_dir(), p.max_clip_s, reporter)
-    if len(clips) < MIN_CLIPS:
-        raise InputError(f"only {len(clips)} usable clip(s)", subject=", ".join(map(str, opts.data)),
-                         remedy="training needs talking videos of at least two speakers (one is held out)")
+    _require_clips(clips, opts)
     if ckpt is not None:
         train_idx, val_idx = split_from_names(_checkpoint_part(ckpt, "split"), clips)
     else:
