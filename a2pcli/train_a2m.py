@@ -175,7 +175,7 @@ def cache_path(cache_dir: Path, src: ClipSource, max_clip_s: float | None) -> Pa
 
 
 def _load_speech(src: ClipSource, max_clip_s: float | None) -> tuple[np.ndarray, str]:
-    from a2pcli.encode import load_audio, probe_audio
+    from a2pcli.audio import load_audio, probe_audio
 
     track = probe_audio(src.video)
     if track is not None and track.has_sound:
@@ -363,7 +363,7 @@ def augment_logmel(logmel: np.ndarray, rng: np.random.Generator, p: Preset) -> n
     colour = np.convolve(rng.normal(0, 3, nb + 8), np.ones(9) / 9, "valid")
     band_db = speech_db - snr - 10 * math.log10(nb) + tilt + colour
     flutter = rng.normal(0, 1.0, (len(logmel), 1))
-    noise_ln = (band_db[None, :] + flutter) / features._DB_PER_NEPER
+    noise_ln = (band_db[None, :] + flutter) / features.DB_PER_NEPER
     return np.logaddexp(logmel, noise_ln).astype(np.float32)
 
 
@@ -503,7 +503,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def loudness_envelope(logmel: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     """(n_frames,) RMS amplitude of the speech around each video frame (the baseline predictor)."""
-    power = np.exp(features.frame_level_db(logmel) / features._DB_PER_NEPER)
+    power = np.exp(features.frame_level_db(logmel) / features.DB_PER_NEPER)
     half = max(1, int(round(ENVELOPE_WINDOW_S * features.FRAME_RATE / 2)))
     kernel = np.ones(2 * half + 1) / (2 * half + 1)
     rms = np.sqrt(np.convolve(power, kernel, "same"))
@@ -1069,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r))
         print(json.dumps({"summary": summarise(rows)}))
     else:
-        from a2pcli.encode import load_audio
+        from a2pcli.audio import load_audio
 
         for f in args.files:
             print(json.dumps({"file": f.name, **pause_check(model, load_audio(f, features.SAMPLE_RATE))}))
