@@ -98,7 +98,8 @@ def _decode_cmd(path: Path, sample_rate: int, fmt: str, start_s: float, duration
         cmd += ["-ss", f"{start_s:.6f}"]
     if duration_s is not None:
         cmd += ["-t", f"{duration_s:.6f}"]
-    return cmd + ["-i", ffmpeg.file_url(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-af", "aresample=rematrix_maxval=1.0",
+    return cmd + ["-i", ffmpeg.file_url(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+                  "-af", "aresample=rematrix_maxval=1.0",
                   "-ac", "1", "-ar", str(sample_rate), "-f", fmt, "pipe:1"]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from a2pcli.audio import SAMPLE_RATE  # Hz, what the features read (a2p's audio loader's rate)
+
 WIN_LENGTH = 400  # samples: 25 ms analysis window (Hann)
 HOP_LENGTH = 160  # samples: 10 ms between frames
 N_FFT = 512  # FFT size: the window zero-padded to the next power of two

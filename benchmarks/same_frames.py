@@ -99,9 +99,10 @@ def measure(repo: Path, weights: Path | None) -> dict:
         tmp = Path(td)
         import imageio_ffmpeg
 
-        raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-ss", "1", "-t", "2", "-i",
-                              str(SHARED / "media" / "sadtalker_RD_Radio31_000.wav"), "-ac", "1", "-ar", str(SPEECH_RATE),
-                              "-f", "f32le", "-"], capture_output=True, check=True).stdout
+        source = SHARED / "media" / "sadtalker_RD_Radio31_000.wav"
+        raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-ss", "1", "-t", "2", "-i", str(source),
+                              "-ac", "1", "-ar", str(SPEECH_RATE), "-f", "f32le", "-"],
+                             capture_output=True, check=True).stdout
         sf.write(tmp / "speech.wav", np.frombuffer(raw, np.float32), SPEECH_RATE, subtype="PCM_16")
         for name, args, output in cases(tmp, weights):
             a2p(repo, *args)

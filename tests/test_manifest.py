@@ -62,12 +62,14 @@ def test_a_manifest_runs_its_jobs_reports_bad_lines_and_resumes(capsys, project)
     rows = results(out / "jobs.results.jsonl")
     assert [(r["line"], r["status"]) for r in rows] == [(1, "done"), (2, "done"), (3, "done"), (4, "failed"),
                                                          (5, "failed"), (6, "failed"), (7, "failed")]
-    assert rows[0]["inputs"] == {"portrait": str(project / "in" / "face.jpg"), "audio": str(project / "in" / "speech.wav")}
+    assert rows[0]["inputs"] == {"portrait": str(project / "in" / "face.jpg"),
+                                 "audio": str(project / "in" / "speech.wav")}
     assert rows[0]["output"] == str(out / "face_speech.mp4") and rows[0]["elapsed_s"] > 0 and rows[0]["timings_s"]
     assert "not JSON" in rows[3]["error"] and "lipsync" in rows[4]["error"] and "missing.mp4" in rows[5]["error"]
     assert "often" in rows[6]["error"]
     summary = json.loads(stdout)
-    assert [r["line"] for r in summary["outputs"]] == [1, 2, 3] and [r["line"] for r in summary["failed"]] == [4, 5, 6, 7]
+    assert [r["line"] for r in summary["outputs"]] == [1, 2, 3]
+    assert [r["line"] for r in summary["failed"]] == [4, 5, 6, 7]
     meta = json.loads((out / "turned.mp4.json").read_text())
     assert meta["options"]["retarget"]["pose_scale"] == 0.5 and meta["summary"]["frames"] == 8
 
@@ -86,7 +88,7 @@ def test_each_process_of_a_shared_manifest_gets_its_own_jobs():
     from a2pcli.pipeline.manifest import jobs_for_rank
 
     shares = [jobs_for_rank(10, rank, 3) for rank in range(3)]
-    assert sorted(sum(shares, [])) == list(range(10)) and shares[0] == [0, 3, 6, 9]
+    assert sorted(j for share in shares for j in share) == list(range(10)) and shares[0] == [0, 3, 6, 9]
     assert jobs_for_rank(10) == list(range(10)) and jobs_for_rank(2, 2, 4) == []
     with pytest.raises(ValueError):
         jobs_for_rank(10, 3, 3)

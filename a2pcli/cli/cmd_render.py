@@ -18,8 +18,17 @@ from a2pcli.aniportrait.render import DiffusionOptions
 from a2pcli.cli.options import Device, JsonOut, Model, OutputPath, Overwrite, Progress, ProgressMode, Quiet, Seed
 from a2pcli.encode import MAX_CRF
 from a2pcli.errors import InputError, NotAvailableError
-from a2pcli.pipeline.options import (DriveJob, DrivenRegion, MotionSource, OutputOptions, RendererName,
-                                     RenderOptions, TalkJob, TemplateRegion, VideoOptions)
+from a2pcli.pipeline.options import (
+    DriveJob,
+    DrivenRegion,
+    MotionSource,
+    OutputOptions,
+    RendererName,
+    RenderOptions,
+    TalkJob,
+    TemplateRegion,
+    VideoOptions,
+)
 from a2pcli.pipeline.portrait import PortraitOptions
 from a2pcli.retarget import RetargetOptions
 from a2pcli.talk import TalkOptions
@@ -62,7 +71,8 @@ FramesDir = Annotated[
 ]
 Meta = Annotated[
     bool,
-    typer.Option("--meta", help="Write <output>.json beside the video: every option, the seed, inputs' hashes, timings."),
+    typer.Option("--meta", help="Write <output>.json beside the video: every option, the seed, inputs' hashes, "
+                 "timings."),
 ]
 RendererOpt = Annotated[
     RendererName,
@@ -154,9 +164,9 @@ def drive_job(*, seed, region, ref_frame, pose_scale, expression_scale, face_ind
               if k not in ("portrait", "driving", "motion", "audio", "output", "progress", "quiet", "json_out")}
     retarget = RetargetOptions(region=DrivenRegion(region).value, pose_scale=pose_scale,
                                expression_scale=expression_scale, ref_frame=ref_frame)
-    return DriveJob(seed=seed, fps=fps, portrait=PortraitOptions(crop=crop, size=size, max_size=max_size,
-                                                                 face_index=face_index),
-                    retarget=retarget, render=render_options(**render), video=VideoOptions(crf=crf, frames_dir=frames_dir),
+    portrait = PortraitOptions(crop=crop, size=size, max_size=max_size, face_index=face_index)
+    return DriveJob(seed=seed, fps=fps, portrait=portrait, retarget=retarget, render=render_options(**render),
+                    video=VideoOptions(crf=crf, frames_dir=frames_dir),
                     output=OutputOptions(overwrite=overwrite, meta=meta))
 
 

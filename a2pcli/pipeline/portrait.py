@@ -87,7 +87,7 @@ def load_portrait(source: Path | str | np.ndarray, opts: PortraitOptions = Portr
     ref = load_reference()
     h, w = image.shape[:2]
     if opts.crop:
-        r, t, s = fit_pose(lm[None], ref)
+        _, t, s = fit_pose(lm[None], ref)
         # the face-centred square, moved (and if need be shrunk) to stay inside the picture
         side = min(CROP_SIDE * float(s[0]), float(w), float(h))
         cx, cy = float(t[0, 0]), float(t[0, 1]) - CROP_RAISE * float(s[0])

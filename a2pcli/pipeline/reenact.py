@@ -62,8 +62,8 @@ def from_first_face(motion: Motion, source) -> tuple[Motion, list[str]]:
     first = int(np.argmax(valid))
     if first == 0:
         return motion, []
-    return motion.slice(first, len(motion)), [f"the driving motion's first {first} frames have no face: motion "
-                                              f"starts at frame {first}"]
+    note = f"the driving motion's first {first} frames have no face: motion starts at frame {first}"
+    return motion.slice(first, len(motion)), [note]
 
 
 def motion_targets(portrait: Portrait, motion: Motion, options: RetargetOptions = RetargetOptions(),

@@ -223,8 +223,8 @@ def talk_motion(portrait, audio, job: TalkJob = TalkJob(), *, reporter: Reporter
 
 def audio2video(portrait, audio, output: Path | str, job: TalkJob = TalkJob(), *, reporter: Reporter | None = None,
                 models: Models | None = None) -> VideoResult:
-    """`portrait` (an image file, an (H, W, 3) uint8 RGB array, or a loaded Portrait) speaks `audio` (a file ffmpeg decodes, or
-    (N,) float32 mono samples at audio.SAMPLE_RATE): a video at `output`, written atomically. Raises an
+    """`portrait` (an image file, an (H, W, 3) uint8 RGB array, or a loaded Portrait) speaks `audio` (a file ffmpeg
+    decodes, or (N,) float32 mono samples at audio.SAMPLE_RATE): a video at `output`, written atomically. Raises an
     A2PError subclass (errors.py) naming the input at fault. Pass one `models` to several calls to load the
     models once."""
     output = Path(output)
