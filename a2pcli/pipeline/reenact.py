@@ -99,7 +99,8 @@ def drive_targets(portrait: Portrait, motion: Motion, job: DriveJob, reference,
 
 def reenact(portrait: Portrait, motion: Motion, output: Path | str, job: DriveJob = DriveJob(), *,
             audio: AudioTrack | None = None, inputs: dict | None = None, command: str = "pose2vid",
-            notes: list[str] = (), reporter: Reporter | None = None, models: Models | None = None) -> VideoResult:
+            notes: tuple[str, ...] | list[str] = (), reporter: Reporter | None = None,
+            models: Models | None = None) -> VideoResult:
     """Render `motion` on a loaded `portrait` into the video `output` (written atomically), with `audio` muxed.
     `inputs` (by name) are what the result and the sidecar name; `notes` go first in the result's."""
     check_drive_job(job)
@@ -146,6 +147,8 @@ def _driving_audio(driving: Path, motion: Motion) -> tuple[AudioTrack | None, li
 
 def drive_inputs(command: str, portrait, driver, audio=None) -> dict:
     """The inputs by name: portrait, driving (vid2vid) or motion (pose2vid), audio (pose2vid --audio)."""
+    if isinstance(portrait, Portrait):
+        portrait = portrait.image
     found = {"portrait": portrait if isinstance(portrait, np.ndarray) else Path(portrait)}
     if not isinstance(driver, Motion):
         found["driving" if command == "vid2vid" else "motion"] = Path(driver)
@@ -157,7 +160,7 @@ def drive_inputs(command: str, portrait, driver, audio=None) -> dict:
 def check_drive(command: str, portrait, driver, output: Path, job: DriveJob, audio=None) -> None:
     """The input files exist and the output may be written: before any work."""
     check_drive_job(job)
-    if not isinstance(portrait, np.ndarray):
+    if not isinstance(portrait, (np.ndarray, Portrait)):
         check_input_file(Path(portrait), "portrait")
     if not isinstance(driver, Motion):
         if command == "vid2vid":
@@ -181,15 +184,17 @@ def _drive(command: str, portrait, driver, output: Path, job: DriveJob, audio, r
         if command == "vid2vid" and track is None:
             track, more = _driving_audio(Path(driver), motion)
             notes += more
-    portrait = load_portrait(portrait, job.portrait, reporter)
+    if not isinstance(portrait, Portrait):
+        portrait = load_portrait(portrait, job.portrait, reporter)
     return reenact(portrait, motion, output, job, audio=track, inputs=inputs, command=command, notes=notes,
                    reporter=reporter, models=models)
 
 
 def vid2vid(portrait, driving, output: Path | str, job: DriveJob = DriveJob(), *, reporter: Reporter | None = None,
             models: Models | None = None) -> VideoResult:
-    """`portrait` (an image file or an (H, W, 3) uint8 RGB array) moves like the face in `driving` (a video, its
-    .pose from extract_pose, or a Motion); the driving video's sound is kept. Raises an A2PError subclass."""
+    """`portrait` (an image file, an (H, W, 3) uint8 RGB array or a loaded Portrait) moves like the face in `driving`
+    (a video, its .pose from extract_pose, or a Motion); the driving video's sound is kept. Raises an A2PError
+    subclass naming the input at fault."""
     return _drive("vid2vid", portrait, driving, Path(output), job, None, reporter or Reporter(), models)
 
 

@@ -32,7 +32,6 @@ from a2pcli.progress import Reporter
 from a2pcli.retarget import FaceTargets
 
 COMMAND = "audio2video"
-AUDIO_ARRAY_NAME = "<audio array>"
 
 
 @dataclass
