@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> int:
     from a2pcli import features
     from a2pcli.audio2motion import load_model
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
     from a2pcli.train.audio2motion.evaluate import evaluate_model, pause_check, summarise
     from a2pcli.train.clips import data_cache_dir
 

@@ -37,7 +37,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def speech():
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
 
     return load_audio(media("sadtalker_RD_Radio31_000.wav"), SR)
 

@@ -21,7 +21,7 @@ TRAIN_HELP = ("Train a2p's models on your own data: on the CPU, a GPU, several G
               "or every model at once (`train all`).")
 
 
-class Preset(str, Enum):
+class PresetName(str, Enum):
     tiny = "tiny"  # seconds on a CPU: checks the whole loop (CI, smoke tests)
     default = "default"
 
@@ -37,7 +37,7 @@ ModelDir = Annotated[
                  show_default=False),
 ]
 PresetOpt = Annotated[
-    Preset,
+    PresetName,
     typer.Option("--preset", help="tiny: the whole loop in seconds on a CPU, to check the set-up; "
                  "default: the real model."),
 ]
@@ -63,7 +63,7 @@ Resume = Annotated[
 def audio2motion(
     data: DataDirs,
     output: ModelDir,
-    preset: PresetOpt = Preset.default,
+    preset: PresetOpt = PresetName.default,
     epochs: Epochs = None,
     batch_size: TrainBatch = None,
     lr: LearningRate = None,
@@ -177,7 +177,7 @@ Only = Annotated[
 def train_all(
     data: DataDirs,
     output: ModelsDir,
-    preset: PresetOpt = Preset.default,
+    preset: PresetOpt = PresetName.default,
     val_speakers: ValSpeakers = None,
     gpus: Gpus = None,
     resume: ResumeAll = False,

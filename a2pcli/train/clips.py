@@ -180,7 +180,7 @@ def cached_entry(path: Path, make: Callable[[], dict[str, np.ndarray]],
 
 def load_speech(src: ClipSource, max_clip_s: float | None) -> tuple[np.ndarray, str]:
     """(samples at features.SAMPLE_RATE, where they came from): the video's sound, else its sidecar."""
-    from a2pcli.encode import load_audio, probe_audio
+    from a2pcli.audio import load_audio, probe_audio
 
     track = probe_audio(src.video)
     if track is not None and track.has_sound:

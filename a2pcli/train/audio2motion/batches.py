@@ -34,7 +34,7 @@ def augment_logmel(logmel: np.ndarray, rng: np.random.Generator, p: Preset) -> n
                          np.ones(NOISE_COLOUR_BANDS) / NOISE_COLOUR_BANDS, "valid")
     band_db = speech_db - snr - 10 * math.log10(nb) + tilt + colour
     flutter = rng.normal(0, NOISE_FLUTTER_DB, (len(logmel), 1))
-    noise_ln = (band_db[None, :] + flutter) / features._DB_PER_NEPER
+    noise_ln = (band_db[None, :] + flutter) / features.DB_PER_NEPER
     return np.logaddexp(logmel, noise_ln).astype(np.float32)
 
 

@@ -36,7 +36,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def loudness_envelope(logmel: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     """(n_frames,) RMS amplitude of the speech around each video frame (the baseline predictor)."""
-    power = np.exp(features.frame_level_db(logmel) / features._DB_PER_NEPER)
+    power = np.exp(features.frame_level_db(logmel) / features.DB_PER_NEPER)
     half = max(1, int(round(ENVELOPE_WINDOW_S * features.FRAME_RATE / 2)))
     kernel = np.ones(2 * half + 1) / (2 * half + 1)
     rms = np.sqrt(np.convolve(power, kernel, "same"))
