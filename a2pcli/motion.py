@@ -106,7 +106,7 @@ MAX_PIXELS = 100_000.0  # |landmarks|, |translation| and scale in source pixels 
 MAX_FACE_UNITS = 100.0  # |expression|, |reference|, template translation (the outer eye corners are 1 apart)
 ROTATION_TOLERANCE = 1e-2  # |R R^T - I| of a stored rotation (extract-pose's float32 fits: about 1e-6)
 MAX_TEMPLATE_DEG = 360.0  # AniPortrait template angles, degrees from the first frame
-MAX_TEMPLATE_CM = 1000.0  # AniPortrait template translation, cm from the first frame
+MAX_TEMPLATE_CM = MAX_FACE_UNITS * CM_PER_FACE_UNIT  # AniPortrait template translation, cm from the first frame
 POSE_REMEDY = "re-create it with `a2p extract-pose`"
 TEMPLATE_REMEDY = "pass a .pose file from `a2p extract-pose` or a T x 6 template"
 
@@ -158,7 +158,7 @@ def checked_motion(motion: Motion, source) -> Motion:
         raise _bad(source, f"its frame rate is {fps}, expected more than 0 and at most {MAX_POSE_FPS:g}")
     size = np.asarray(motion.frame_size)
     if size.shape != (2,) or size.dtype.kind not in "iu" or (size < 0).any() or (size > MAX_PIXELS).any():
-        raise _bad(source, f"its frame size is {motion.frame_size}, expected two whole numbers of pixels (0 0 for none)")
+        raise _bad(source, f"its frame size is {motion.frame_size}, expected two whole numbers of pixels (0 0: none)")
     # pixels for a .pose of a video; face units for a template (no source frame)
     unit = MAX_PIXELS if tuple(int(v) for v in size) != (0, 0) else MAX_FACE_UNITS
     arrays = {
@@ -231,13 +231,13 @@ def load_aniportrait_template(path: Path) -> Motion:
     arr = _numbers(path, "the template", arr, (None, 6), remedy=remedy)
     for name, cols, bound in (("angles", slice(0, 3), MAX_TEMPLATE_DEG), ("translation", slice(3, 6), MAX_TEMPLATE_CM)):
         if float(np.abs(arr[:, cols]).max()) > bound:
-            raise _bad(path, f"its {name} reach {float(np.abs(arr[:, cols]).max()):.3g}, beyond the plausible {bound:g}",
-                       remedy)
+            largest = float(np.abs(arr[:, cols]).max())
+            raise _bad(path, f"its {name} reach {largest:.3g}, beyond the plausible {bound:g}", remedy)
     r_gl = _matrix_from_euler_xyz_extrinsic(arr[:, :3])
     rotation = _FLIP_GL @ r_gl @ _FLIP_GL
     translation = (arr[:, 3:] @ _FLIP_GL.T / CM_PER_FACE_UNIT).astype(np.float32)
     t = len(arr)
-    return Motion(
+    motion = Motion(
         fps=ANIPORTRAIT_FPS,
         rotation=rotation.astype(np.float32),
         translation=translation,
@@ -246,6 +246,7 @@ def load_aniportrait_template(path: Path) -> Motion:
         filled=np.zeros(t, bool),
         meta={"source": {"name": Path(path).name, "kind": "aniportrait-template"}},
     )
+    return checked_motion(motion, path)
 
 
 def _matrix_from_euler_xyz_extrinsic(deg: np.ndarray) -> np.ndarray:

@@ -86,7 +86,9 @@ RendererOpt = Annotated[
         "(its weights via `a2p models`, a GPU recommended).",
     ),
 ]
-Steps = Annotated[int, typer.Option("--steps", help=f"Denoising steps of the aniportrait renderer, {span(limits.STEPS)}.")]
+Steps = Annotated[
+    int, typer.Option("--steps", help=f"Denoising steps of the aniportrait renderer, {span(limits.STEPS)}.")
+]
 Cfg = Annotated[
     float, typer.Option("--cfg", help="Classifier-free guidance scale of the aniportrait renderer, "
                         f"{span(limits.CFG)}.")
@@ -111,7 +113,8 @@ Clean = Annotated[
 ]
 Acc = Annotated[
     int, typer.Option("--acc", help="aniportrait renderer: diffuse every N-th frame only and fill the frames "
-                      f"between by optical-flow interpolation (about N times faster; 1: every frame; {span(limits.ACC)}).")
+                      "between by optical-flow interpolation (about N times faster; 1: every frame; "
+                      f"{span(limits.ACC)}).")
 ]
 CompileOpt = Annotated[
     bool, typer.Option("--compile", help="aniportrait renderer on a GPU: torch.compile the denoiser (the first "

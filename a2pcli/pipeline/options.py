@@ -26,7 +26,8 @@ from a2pcli import limits
 from a2pcli.aniportrait.render import DiffusionOptions
 from a2pcli.encode import MAX_CRF
 from a2pcli.errors import InputError, ModelError
-from a2pcli.extract import ExtractOptions, check_options
+from a2pcli.extract import ExtractOptions
+from a2pcli.extract import check_options as check_extract_options
 from a2pcli.pipeline.portrait import PortraitOptions
 from a2pcli.retarget import REGIONS, RetargetOptions
 from a2pcli.talk import TalkOptions
@@ -145,7 +146,7 @@ def check_values(job) -> None:
     """Every number of `job` (a TalkJob, DriveJob or ExtractJob) in its range (a2pcli.limits), and the framing
     options that go together: InputError naming the flag, the rule and the value. Runs when a job is made."""
     if isinstance(job, ExtractJob):
-        check_options(job.extract)
+        check_extract_options(job.extract)
         return
     limits.SEED.check("--seed", job.seed)
     limits.FPS.check("--fps", job.fps, optional=isinstance(job, DriveJob))

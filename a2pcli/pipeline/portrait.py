@@ -122,10 +122,11 @@ def check_face_size(in_video: float, in_picture: float, path: Path, notes: list[
     shrunk = in_video < in_picture  # --max-size shrank the picture
     where = "in the video" if shrunk else "in the picture"
     if size < MIN_FACE_PX:
-        raise InputError(f"the face is too small to animate: its eyes are {int(size)} px apart (outer corners) {where}, "
-                         f"at least {MIN_FACE_PX:g} px are needed", subject=str(path),
-                         remedy="raise --max-size, or add --crop" if shrunk else "use a picture where the face is larger")
+        raise InputError(f"the face is too small to animate: its eyes are {int(size)} px apart (outer corners) "
+                         f"{where}, at least {MIN_FACE_PX:g} px are needed", subject=str(path),
+                         remedy="raise --max-size, or add --crop" if shrunk else
+                         "use a picture where the face is larger")
     if size < SMALL_FACE_PX:
-        notes.append(f"the face is small ({int(size)} px between the outer eye corners {where}): the video shows little "
-                     f"detail; {SMALL_FACE_PX:g} px or more look better")
+        notes.append(f"the face is small ({int(size)} px between the outer eye corners {where}): the video shows "
+                     f"little detail; {SMALL_FACE_PX:g} px or more look better")
         reporter.warn(notes[-1])
