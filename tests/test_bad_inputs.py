@@ -66,12 +66,6 @@ def _write_pose(path: Path, **changes) -> None:
         np.savez(f, **arrays)
 
 
-def _with(key: str, index: tuple, value) -> np.ndarray:
-    array = _pose_arrays()[key].copy()
-    array[index] = value
-    return array
-
-
 def _write_speech(path: Path, seconds: float) -> None:
     from a2pcli.audio import load_audio, write_wav
 
@@ -100,12 +94,12 @@ def made(tmp_path_factory) -> Path:
     (folder / "notes.txt").write_text("a file, not a folder\n")
     (folder / "clips").mkdir()
 
-    _write_pose(folder / "motion.pose")
-    _write_pose(folder / "nan.pose", landmarks=_with("landmarks", (3, 5, 0), np.nan))
-    _write_pose(folder / "inf.pose", translation=_with("translation", (7, 1), np.inf))
     pose = _pose_arrays()
+    _write_pose(folder / "motion.pose")
+    _write_pose(folder / "nan.pose", landmarks=_set(pose["landmarks"], (3, 5, 0), np.nan))
+    _write_pose(folder / "inf.pose", translation=_set(pose["translation"], (7, 1), np.inf))
     _write_pose(folder / "shape.pose", landmarks=pose["landmarks"][:, :100], expression=pose["expression"][:, :100])
-    _write_pose(folder / "huge.pose", translation=_with("translation", (0, 0), 1e30))
+    _write_pose(folder / "huge.pose", translation=_set(pose["translation"], (0, 0), 1e30))
     _write_pose(folder / "empty.pose", **{k: pose[k][:0] for k in ("landmarks", "valid", "filled", "rotation",
                                                                   "translation", "scale", "expression", "euler")})
     _write_pose(folder / "text.pose", scale=pose["scale"].astype("U8"))
