@@ -303,6 +303,11 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
     result = sampler(portrait.image, poses, width=width, height=height, steps=dopts.steps,
                      guidance_scale=dopts.cfg, seed=dopts.seed, progress=progress, decode=False)
     t_sample = time.perf_counter() - t1
+    if compiled:  # the kernels for these shapes are in the a2p cache now (`a2p doctor` reports it)
+        from a2pcli.aniportrait.runtime import mark_compile_warm
+
+        mark_compile_warm({"size": [width, height], "window_frames": sampler.config.context_frames,
+                           "window_batch": sampler.config.window_batch, "dtype": dtype})
 
     reporter.stage("decode and encode", total=n)
     t2 = time.perf_counter()
