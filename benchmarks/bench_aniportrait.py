@@ -14,7 +14,8 @@ compilation, for the shapes of the timed runs). Prints one JSON object: time per
 denoising loop, VAE decode), seconds per window-step, frames/s, peak VRAM of each run against a2p's
 estimate, and the wall-clock span of each run's window loop (for GPU utilisation samples).
 `--sweep` also times a few uncompiled steps for each value of the comma lists --attention (at the first
---window-batch) and --window-batch (at the first --attention): seconds per window-step and peak VRAM. Needs a CUDA GPU for full-size figures.
+--window-batch) and --window-batch (at the first --attention): seconds per window-step and peak VRAM.
+Needs a CUDA GPU for full-size figures.
 """
 
 from __future__ import annotations
@@ -157,6 +158,9 @@ def timed_render(sampler, models, ref, poses, size: int, steps: int, frames: int
         torch.cuda.reset_peak_memory_stats()
     sync()
     t1 = time.perf_counter()
+    models.unpark()  # (the sampler does it first thing; timed apart here)
+    sync()
+    t_unpark = time.perf_counter() - t1
     res = sampler(ref, use, width=size, height=size, steps=steps, progress=progress, decode=False)
     sync()
     t2 = time.perf_counter()
@@ -168,6 +172,7 @@ def timed_render(sampler, models, ref, poses, size: int, steps: int, frames: int
         "diffused_frames": len(keys),
         "windows": len(res.windows),
         "sample_s": round(t2 - t1, 2),
+        "unpark_s": round(t_unpark, 3),
         "before_first_window_s": round(marks.get("first_window", t1) - t1, 3),
         "first_step_s": round(marks.get("first_step", t1) - t1, 3),
         "per_window_step_s": round((t2 - marks.get("first_step", t1)) / max(1, n_ws - len(res.windows)), 4),
@@ -207,11 +212,13 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     ap.add_argument("--compat", action="store_true", help="AniPortrait's own loop, without the exact savings")
-    ap.add_argument("--low-vram", action="store_true", help="guidance halves one after the other, idle models on the CPU")
+    ap.add_argument("--low-vram", action="store_true",
+                    help="guidance halves one after the other, idle models on the CPU")
     ap.add_argument("--channels-last", action="store_true", help="NHWC weights for the convolution-heavy networks")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning")
     ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser (the warm-up pays the compile)")
-    ap.add_argument("--window-batch", default="1", help="context windows per denoiser call (comma list with --sweep)")
+    ap.add_argument("--window-batch", default="", help="context windows per denoiser call (default: the renderer's; "
+                                                       "a comma list with --sweep)")
     ap.add_argument("--attention", default="auto", help="SDPA backend first: auto, cudnn, flash, efficient, math "
                                                         "(comma list with --sweep)")
     ap.add_argument("--no-park", action="store_true", help="keep CLIP and the reference UNet on the GPU while sampling")
@@ -223,7 +230,8 @@ def main() -> int:
     ap.add_argument("--pose", type=Path)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="the fixtures' tiny networks (checks this script on a CPU)")
-    ap.add_argument("--warm-steps", type=int, default=2, help="steps of the warm-up render of the same frames (0: none)")
+    ap.add_argument("--warm-steps", type=int, default=2,
+                    help="steps of the warm-up render of the same frames (0: none)")
     ap.add_argument("--repeat", type=int, default=1, help="timed renders with the first --acc value")
     ap.add_argument("--sweep", action="store_true", help="seconds per window-step for each --attention (at the first "
                                                          "--window-batch) and each --window-batch (first --attention)")
@@ -252,8 +260,8 @@ def main() -> int:
         weights_gb = torch.cuda.memory_allocated() / 1e9
     poses = pose_frames(max(args.frames, args.sweep_frames if args.sweep else 0), args.size, args.pose)
     ref = Image.open(ROOT / "examples" / "astronaut.jpg").convert("RGB")
-    batches, attentions = _lists(args.window_batch, int), _lists(args.attention)
     cfg = AniPortraitConfig.compat() if args.compat else AniPortraitConfig()
+    batches, attentions = _lists(args.window_batch, int) or [cfg.window_batch], _lists(args.attention)
     cfg = cfg.replace(width=args.size, height=args.size, steps=args.steps, guidance_scale=args.cfg, dtype=args.dtype,
                       sequential_cfg=args.low_vram, offload=args.low_vram, window_batch=batches[0],
                       park_reference=not args.no_park and not args.compat)
@@ -351,7 +359,8 @@ def main() -> int:
             "gpu_ms_total": round(total / 1e3, 1),
             "top": [[e.key[:90], round(e.self_device_time_total / 1e3, 2), e.count] for e in ev[:40]]}
     if cuda:
-        out["vram"] = {"weights_gb": round(weights_gb, 2), "peak_gb": max([r.get("peak_vram_gb", 0) for r in runs] or [0]),
+        peak = max([r.get("peak_vram_gb", 0) for r in runs] or [0])
+        out["vram"] = {"weights_gb": round(weights_gb, 2), "peak_gb": peak,
                        "estimate_gb": round(vram_estimate(args.size, args.size, args.dtype, args.low_vram) / 1e9, 2)}
     text = json.dumps(out, indent=1)
     print(text)

@@ -9,8 +9,9 @@ the same GPU, with the GPU's utilisation sampled throughout.
 it is not the environment's own. Each side runs in its own process (`bench_ani_orig.py` from the reference
 folder, `bench_aniportrait.py` from here) with the same settings: 512x512, 25 DDIM steps, CFG 3.5, fp16,
 16-frame windows with overlap 4, a warm-up first. `nvidia-smi` is sampled every 0.5 s; the utilisation
-reported is the mean over a2p's timed window loop. Prints both results, the ratio of the end-to-end times
-and both peaks as a table, then one JSON object (also written to --out).
+reported is the mean over a2p's timed window loop (the samples also stream into --logs, with each side's
+output, so an interrupted call keeps what was measured). Prints both results, the ratio of the end-to-end
+times and both peaks as a table, then one JSON object (also written to --out).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class GpuSampler:
     """`nvidia-smi --query-gpu=utilization.gpu,memory.used -lms 500` on a thread; each line stamped
     with the wall clock when it arrived."""
 
-    def __init__(self, index: int = 0):
+    def __init__(self, index: int = 0, log: Path | None = None):
         self.samples: list[tuple[float, float, float]] = []  # (time, utilisation %, memory MiB)
+        self.log = open(log, "w") if log is not None else None  # the samples as they come (kept if interrupted)
         cmd = ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu,memory.used",
                "--format=csv,noheader,nounits", f"-lms={SAMPLE_MS}"]
         try:
@@ -52,11 +54,16 @@ class GpuSampler:
                 self.samples.append((time.time(), float(parts[0]), float(parts[1])))
             except (ValueError, IndexError):
                 continue
+            if self.log is not None:
+                self.log.write("%.3f %.0f %.0f\n" % self.samples[-1])
+                self.log.flush()
 
     def stop(self):
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+        if self.log is not None:
+            self.log.close()
 
     def window(self, start: float, end: float) -> dict:
         """Utilisation over [start, end] (wall clock): mean, minimum, share of samples >= 90 %."""
@@ -68,14 +75,21 @@ class GpuSampler:
 
 
 def run_json(cmd: list[str], env: dict, log: Path | None, cwd: Path) -> dict:
-    """Run one benchmark process; its last stdout JSON object (stderr lines go to the log)."""
+    """Run one benchmark process; its last stdout JSON object. Its stderr (one line per run) streams
+    into the log as it comes, so an interrupted call keeps what was measured."""
+    import tempfile
+
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    with (open(log, "w") if log is not None else tempfile.TemporaryFile("w+")) as err:
+        err.write(f"$ {shlex.join(cmd)}\n")
+        err.flush()
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     wall = time.perf_counter() - t
     if log is not None:
-        log.write_text(f"$ {shlex.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+        with open(log, "a") as f:
+            f.write(f"--- stdout\n{proc.stdout}")
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        tail = "\n".join(Path(log).read_text().strip().splitlines()[-15:]) if log is not None else ""
         raise SystemExit(f"{cmd[1]} failed (exit {proc.returncode}):\n{tail}")
     lines = proc.stdout.splitlines()
     start = max(i for i, line in enumerate(lines) if line == "{")  # the indented JSON object printed last
@@ -106,13 +120,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args()
 
-    common = ["--frames", str(args.frames), "--steps", str(args.steps), "--cfg", str(args.cfg), "--size", str(args.size)]
+    common = ["--frames", str(args.frames), "--steps", str(args.steps), "--cfg", str(args.cfg),
+              "--size", str(args.size)]
     if args.cpu_check:
         common += ["--tiny", "--device", "cpu"]
     env = dict(os.environ)
     if args.logs:
         args.logs.mkdir(parents=True, exist_ok=True)
-    gpu = GpuSampler()
+    gpu = GpuSampler(log=args.logs / "gpu_samples.txt" if args.logs else None)
     result: dict = {"date": time.strftime("%Y-%m-%d"), "settings": {
         "frames": args.frames, "steps": args.steps, "cfg": args.cfg, "size": args.size, "a2p_args": args.a2p_args}}
     try:
@@ -147,12 +162,12 @@ def main() -> int:
         result["speedup_per_window_step"] = round(a["per_window_step_s"] / b["per_window_step_s"], 2)
         gb = (lambda v: "" if v is None else f"{v:.2f} GB")
         rows = [("", "end to end", "per window-step", "peak VRAM"),
-                (f"AniPortrait (diffusers {a['diffusers']})", f"{a['total_s']:.1f} s", f"{a['per_window_step_s']:.3f} s",
-                 gb(a["peak_vram_gb"])),
+                (f"AniPortrait (diffusers {a['diffusers']})", f"{a['total_s']:.1f} s",
+                 f"{a['per_window_step_s']:.3f} s", gb(a["peak_vram_gb"])),
                 (f"a2p {args.a2p_args}".strip(), f"{b['total_s']:.1f} s", f"{b['per_window_step_s']:.3f} s",
                  gb(b["peak_vram_gb"])),
-                ("AniPortrait / a2p", f"{result['speedup_end_to_end']:.2f}x", f"{result['speedup_per_window_step']:.2f}x",
-                 "")]
+                ("AniPortrait / a2p", f"{result['speedup_end_to_end']:.2f}x",
+                 f"{result['speedup_per_window_step']:.2f}x", "")]
         for r in rows:
             print(f"{r[0]:<40} {r[1]:>12} {r[2]:>16} {r[3]:>10}", file=sys.stderr)
     text = json.dumps(result, indent=1)
