@@ -23,7 +23,9 @@ Compat mode (`AniPortraitConfig.compat()`) follows the original step by step:
 
 Exact savings (`AniPortraitConfig()` defaults; each within fp tolerance of compat, see the tests):
 `reference_cond_only` (write pass on the cond row only), `pose_cache` (PoseGuider once per window
-on one CFG copy, reused at every step), `vae_decode_batch` (several frames per decoder call).
+on one CFG copy, reused at every step), `vae_decode_batch` (several frames per decoder call),
+`window_batch` (several windows per denoiser call: `WindowStep`), `park_reference` (CLIP and the
+reference UNet in host memory while the windows are denoised).
 
 Public API::
 
