@@ -110,7 +110,8 @@ Acc = Annotated[
 ]
 CompileOpt = Annotated[
     bool, typer.Option("--compile", help="aniportrait renderer on a GPU: torch.compile the denoiser (the first "
-                       "render in a new environment spends a minute or two compiling; faster after that).")
+                       "render on a machine spends a minute or two compiling and keeps the kernels in the a2p "
+                       "cache; `a2p doctor` says whether it is warm).")
 ]
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="aniportrait renderer: auto (fp16 on a GPU, fp32 on the CPU), fp16, bf16 or fp32.")
