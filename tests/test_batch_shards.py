@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_animate import a2p
@@ -104,7 +105,7 @@ def test_two_processes_render_every_job_once_and_a_killed_run_renders_only_the_r
 
 
 @pytest.mark.slow
-def test_audio2video_under_torchrun_shares_its_pairs_and_skips_those_made(tmp_path):
+def test_audio2video_under_torchrun_shares_its_pairs_and_skips_those_made(tmp_path, monkeypatch):
     from a2pcli.audio import load_audio, write_wav
 
     for name in ("ana.jpg", "ben.jpg"):
@@ -123,6 +124,17 @@ def test_audio2video_under_torchrun_shares_its_pairs_and_skips_those_made(tmp_pa
     assert "rank 1: " in proc.stderr and "2 jobs on 2 processes: 2 done" in proc.stderr, proc.stderr
     meta = json.loads((out / "ben_hello.mp4.json").read_text())
     assert meta["command"] == "audio2video" and meta["options"]["portrait"]["size"] == 96
+
+    # rank 1's video is the one a plain run makes (with the same thread count: float sums depend on it)
+    from tests.conftest import run_a2p
+    from tests.test_animate import read_video
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun_env() runs it
+    plain = tmp_path / "plain.mp4"
+    run_a2p("audio2video", tmp_path / "ben.jpg", tmp_path / "hello.wav", "-o", plain, "--crop", "--size", "96",
+            check=0)
+    (a, _), (b, _) = read_video(out / "ben_hello.mp4"), read_video(plain)
+    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < 0.05
 
     again = subprocess.run(torchrun_cmd(*args), cwd=ROOT, env=torchrun_env(), capture_output=True, text=True,
                            timeout=600)

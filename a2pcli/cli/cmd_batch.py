@@ -112,7 +112,7 @@ def describe_job(r: dict) -> str:
 
 Shard = Annotated[
     Optional[str],
-    typer.Option("--shard", help="Run only share K of N of the jobs (K from 0 to N-1): one task of a job scheduler's "
+    typer.Option("--shard", metavar="K/N|slurm", help="Run only share K of N of the jobs (K from 0 to N-1): one task of a job scheduler's "
                  "array. `slurm` reads SLURM_ARRAY_TASK_ID, _MIN and _COUNT. Each task writes <results>.partK-of-N; "
                  "the last to finish writes the results file.", show_default=False),
 ]

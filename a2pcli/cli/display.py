@@ -4,7 +4,7 @@ A run of several items (progress.Reporter.item) shows each as `[k/n] name`, its 
 time and ETA per item), and the item's result line (or its error) as soon as it finishes.
 
 One of several processes writing to the same terminal (torchrun's) gets a `tag`, {"rank": r}: its JSON events
-carry it, its lines start with `rank r: `, and it draws no bars unless asked to (`--progress rich`).
+carry it, its lines start with `rank r: `, and only rank 0 draws bars, when asked to (`--progress rich`).
 """
 
 from __future__ import annotations
@@ -246,12 +246,13 @@ class PlainSink:
 
 def make_sink(command: str, mode: ProgressMode, quiet: bool, describe: Describe | None = None,
               tag: dict | None = None):
-    """The display for `mode`. With a `tag` (one of several processes), `auto` draws no bars: bars of several
-    processes cannot share a terminal."""
+    """The display for `mode`. With a `tag` (one of several processes) `auto` draws no bars, and `rich` draws them
+    for rank 0 alone: bars of several processes cannot share a terminal."""
     if mode == ProgressMode.json:
         return JsonSink(command, tag)
     if quiet or mode == ProgressMode.none:
         return PlainSink(command, quiet, describe, tag)
-    if mode == ProgressMode.rich or (mode == ProgressMode.auto and sys.stderr.isatty() and not tag):
+    bars = mode == ProgressMode.rich or (mode == ProgressMode.auto and sys.stderr.isatty())
+    if bars and (not tag or (mode == ProgressMode.rich and tag.get("rank") == 0)):
         return RichSink(command, describe, tag)
     return PlainSink(command, quiet, describe, tag)
