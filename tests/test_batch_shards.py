@@ -197,3 +197,19 @@ def test_every_process_has_its_own_place_and_gpu():
     # the local_rank-th GPU of the node, round robin over more processes than GPUs; none without GPUs
     assert [node_gpu(r, {"CUDA_VISIBLE_DEVICES": "2,3"}) for r in range(3)] == ["2", "3", "2"]
     assert node_gpu(1, {"CUDA_VISIBLE_DEVICES": ""}) is None
+
+
+def test_under_torchrun_a_job_naming_a_numbered_gpu_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from a2pcli import RenderOptions, TalkJob
+    from a2pcli.pipeline.manifest import BadLine, talk_jobs
+    from a2pcli.pipeline.shards import own_gpu_only
+
+    (tmp_path / "a.png").touch()
+    job = TalkJob(render=RenderOptions(device="cuda:1"))
+    entry = talk_jobs([tmp_path / "a.png"], [tmp_path / "s.wav"], None, job)[0]
+    refused = own_gpu_only(entry)
+    assert isinstance(refused, BadLine) and "--device cuda:1" in refused.error.one_line()
+    kept = replace(entry, job=replace(job, render=RenderOptions(device="cuda")))
+    assert own_gpu_only(kept) is kept

@@ -112,9 +112,9 @@ def describe_job(r: dict) -> str:
 
 Shard = Annotated[
     Optional[str],
-    typer.Option("--shard", metavar="K/N|slurm", help="Run only share K of N of the jobs (K from 0 to N-1): one task of a job scheduler's "
-                 "array. `slurm` reads SLURM_ARRAY_TASK_ID, _MIN and _COUNT. Each task writes <results>.partK-of-N; "
-                 "the last to finish writes the results file.", show_default=False),
+    typer.Option("--shard", metavar="K/N|slurm", help="Run only share K of N of the jobs (K from 0 to N-1): one task "
+                 "of a job scheduler's array. `slurm` reads SLURM_ARRAY_TASK_ID, _MIN and _COUNT. Each task writes "
+                 "<results>.partK-of-N; the last to finish writes the results file.", show_default=False),
 ]
 Collect = Annotated[
     bool, typer.Option("--collect", help="Run no job: write the results file from the parts the --shard tasks "
@@ -214,24 +214,15 @@ def _report_all(outcome, quiet: bool, json_out: bool) -> None:
 
 def _collect(entries: list, results: Path, quiet: bool, json_out: bool) -> None:
     """--collect: the results file from the parts of the array's tasks."""
-    from a2pcli.pipeline.manifest import write_rows
-    from a2pcli.pipeline.shards import MISSING, collect, first_failure, part_counts, results_part, summarise
+    from a2pcli.pipeline.shards import MISSING, OK_STATUSES, collect_parts, first_failure, summarise
 
-    counts = part_counts(results)
-    if not counts:
-        raise InputError(f"no part of {results.name} to collect", subject=str(results.parent),
-                         remedy="run the array's tasks first (a2p batch ... --shard K/N)")
-    if len(counts) > 1:
-        raise InputError(f"parts of runs of {' and '.join(map(str, counts))} tasks lie beside it", subject=str(results),
-                         remedy=f"delete the older run's {results_part(results, 0, counts[0]).name[:-1]}... files")
-    rows = collect(results, counts[0], entries)
-    write_rows(results, rows)
+    rows, tasks = collect_parts(results, entries)
     if not quiet:
         for r in rows:
-            if r["status"] not in ("done", "skipped"):
+            if r["status"] not in OK_STATUSES:
                 sys.stderr.write(f"line {r['line']}: {r['status']}: {r['error']}\n")
         missing = sum(r["status"] == MISSING for r in rows)
-        sys.stderr.write(f"{results}: {len(rows)} lines from {counts[0]} tasks' parts"
+        sys.stderr.write(f"{results}: {len(rows)} lines from the parts of {tasks} tasks"
                          f"{f', {missing} not run yet' if missing else ''}\n")
     if json_out:
         sys.stdout.write(json.dumps(summarise(rows), indent=2, default=str) + "\n")

@@ -36,8 +36,7 @@ from pathlib import Path
 from a2pcli.errors import EXIT_FAILED, InputError
 from a2pcli.launch import Launch, all_gather_json, barrier, join_process_group, launch_from_env, node_gpu, node_gpus
 from a2pcli.launch import pin_gpu
-from a2pcli.pipeline.manifest import DONE, SKIPPED, BadLine, BatchJob, JobRecord, read_rows, run_batch
-from a2pcli.pipeline.manifest import write_rows
+from a2pcli.pipeline.manifest import DONE, SKIPPED, BadLine, BatchJob, JobRecord, read_rows, run_batch, write_rows
 from a2pcli.pipeline.models import Models
 from a2pcli.progress import Reporter
 
@@ -134,6 +133,7 @@ def run_shard(entries: list[BatchJob | BadLine], results: Path | None, shard: Sh
     reporter = reporter or Reporter()
     if shard.launch.distributed:
         _start_group(shard, entries, reporter)
+        entries = [own_gpu_only(e) for e in entries]
     records, run = run_batch(entries, overwrite=overwrite, rank=shard.index, world=shard.count, reporter=reporter,
                              models=models)
     rows = [r.to_json() for r in records]
@@ -158,6 +158,16 @@ def _start_group(shard: Shard, entries: list, reporter: Reporter) -> None:
     if any(theirs != mine for theirs in all_gather_json(mine)):
         raise InputError("the processes read different manifests or --shard values", subject="torchrun",
                          remedy="give every process the same manifest file and options")
+
+
+def own_gpu_only(entry: BatchJob | BadLine) -> BatchJob | BadLine:
+    """Under torchrun a job runs on its process's GPU: one that names a GPU by number (cuda:N) is refused."""
+    render = getattr(getattr(entry, "job", None), "render", None)
+    if render is None or not str(render.device).strip().lower().startswith("cuda:"):
+        return entry
+    return BadLine(entry.line, InputError("under torchrun each process uses the GPU of its local rank",
+                                          subject=f"--device {render.device}", remedy='use "device": "auto" or "cuda", '
+                                          "and choose the GPUs with CUDA_VISIBLE_DEVICES"), entry.command, entry.inputs)
 
 
 def fingerprint(entries: list) -> int:
@@ -197,10 +207,26 @@ def collect(results: Path, n: int, entries: list) -> list[dict]:
         if row is None or row.get("command") != getattr(entry, "command", None):
             output = entry.output if isinstance(entry, BatchJob) else None
             row = JobRecord(entry.line, getattr(entry, "command", None), dict(getattr(entry, "inputs", {})), output,
-                            MISSING, f"line {entry.line} has not run yet: its shard has not finished",
-                            EXIT_FAILED).to_json()
+                            MISSING, "no task has reported it yet (its task has not finished, or ran another "
+                            "manifest)", EXIT_FAILED).to_json()
         rows.append(row)
     return rows
+
+
+def collect_parts(results: Path, entries: list) -> tuple[list[dict], int]:
+    """`a2p batch --collect`: the results file written from the parts beside it (those of one array of N tasks);
+    returns its lines and N."""
+    counts = part_counts(results)
+    if not counts:
+        raise InputError(f"no part of {Path(results).name} to collect", subject=str(Path(results).parent),
+                         remedy="run the array's tasks first (a2p batch ... --shard K/N)")
+    if len(counts) > 1:
+        raise InputError(f"parts of arrays of {' and '.join(map(str, counts))} tasks lie beside it",
+                         subject=str(results), remedy=f"delete the parts ({Path(results).name}.partK-of-N) of the "
+                         "array that is no longer wanted")
+    rows = collect(results, counts[0], entries)
+    write_rows(results, rows)
+    return rows, counts[0]
 
 
 def _write(results: Path, rows: list[dict], shard: Shard, entries: list) -> list[Path]:
