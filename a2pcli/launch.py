@@ -2,6 +2,7 @@
 
     launch = launch_from_env()               # Launch(rank, local_rank, world_size): rank 0 of 1 without torchrun
     gpu = node_gpu(launch.local_rank)        # the GPU of this node a process uses (None: the node has none)
+    pin_gpu(gpu)                             # ... made its only visible GPU, before CUDA starts
     join_process_group(launch, "gloo", timeout_s=3600)   # torch.distributed's default group, left at exit
     rows = all_gather_json(row)              # every process's JSON-able value, in rank order
 
@@ -88,11 +89,17 @@ def node_gpu(local_rank: int, env: dict | None = None) -> str | None:
     return gpus[local_rank % len(gpus)] if gpus else None
 
 
-def pin_gpu(gpu: str, env: dict | None = None) -> None:
+def pin_gpu(gpu: str) -> None:
     """Make `gpu` the only GPU this process sees (its cuda:0), so every device choice of the process (`auto`,
-    `cuda`) lands on it. Must run before anything starts CUDA in this process."""
-    env = os.environ if env is None else env
-    env["CUDA_VISIBLE_DEVICES"] = gpu
+    `cuda`) lands on it. Must run before anything starts CUDA in this process: EnvironmentProblem when CUDA had
+    already started with every GPU visible (torch counts GPUs through NVML first; without NVML it starts CUDA)."""
+    import torch
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if torch.version.cuda and torch.cuda.device_count() > 1:
+        raise EnvironmentProblem(f"CUDA started before this process could keep to GPU {gpu} alone",
+                                 subject="CUDA_VISIBLE_DEVICES", remedy="check the driver's NVML library with "
+                                 "`a2p doctor` or nvidia-smi, or start one process per machine")
 
 
 # --- the process group ---------------------------------------------------------------------------------------
