@@ -72,7 +72,8 @@ def test_two_processes_render_every_job_once_and_a_killed_run_renders_only_the_r
         deadline = time.monotonic() + 300
         while not made(out) and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.killpg(first.pid, signal.SIGTERM)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGTERM)
         first.wait(timeout=120)
     before = made(out)
     assert 0 < len(before) < GOOD, (before, (project / "first.err").read_text()[-3000:])
