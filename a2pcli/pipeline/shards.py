@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from a2pcli.pipeline.models import Models
 from a2pcli.progress import Reporter
 
 WAIT_S = 7 * 24 * 3600  # how long a process waits at the end for the slowest one's remaining jobs
+FAILED_EXIT_GRACE_S = 3.0  # a process with failed jobs leaves this long after the others (see ShardOutcome.meet)
 MISSING = "missing"  # a results line no process has reported yet
 OK_STATUSES = (DONE, SKIPPED)
 SLURM = "slurm"  # --shard slurm: the task's place from SLURM_ARRAY_TASK_ID, _MIN and _COUNT
@@ -116,9 +118,13 @@ class ShardOutcome:
 
     def meet(self) -> None:
         """Under torchrun, wait until every process gets here (after rank 0 has written and printed: torchrun
-        stops the whole group as soon as one process exits with a failure)."""
+        stops every process still running as soon as one exits with a failure). Then a process whose jobs
+        failed waits FAILED_EXIT_GRACE_S more, so that the others, with nothing left to do, end first and are
+        not reported as killed."""
         if self.shard.launch.distributed:
             barrier()
+            if self.run.failed:
+                time.sleep(FAILED_EXIT_GRACE_S)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -154,7 +160,7 @@ def _start_group(shard: Shard, entries: list, reporter: Reporter) -> None:
         pin_gpu(gpu)
         reporter.info(f"{shard.label}: GPU {gpu} of this machine{' (shared with other processes)' if shared else ''}")
     join_process_group(launch, "gloo", WAIT_S)
-    mine = [fingerprint(entries), shard.array]
+    mine = [fingerprint(entries), list(shard.array or ())]  # as JSON carries it
     if any(theirs != mine for theirs in all_gather_json(mine)):
         raise InputError("the processes read different manifests or --shard values", subject="torchrun",
                          remedy="give every process the same manifest file and options")
