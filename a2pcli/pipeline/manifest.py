@@ -9,8 +9,8 @@ The CLI (`a2p batch`) turns each line into a `BatchJob` (its options by their lo
 commands read them); `run_batch` runs them in manifest order. Every output is written atomically with its
 sidecar (`<output>.json`), and a job whose output exists beside a sidecar that records the same command,
 inputs and options is skipped: a killed batch continues where it stopped. A bad line or a failed job is
-reported and the batch goes on; `write_results` writes one JSON line per job (inputs, output, status, error,
-timings), in manifest order.
+reported and the batch goes on; `write_rows` writes the results file, one JSON line per job (inputs, output,
+status, error, timings), in manifest order.
 
 Several processes can share a manifest: `jobs_for_rank` says which jobs are one process's (a pure function of
 the job count, the process's rank and the number of processes); a2pcli.pipeline.shards runs a process's share
@@ -234,11 +234,6 @@ def run_batch(entries: list[BatchJob | BadLine], *, overwrite: bool = False, ran
     return ordered, RunResult([r for r in ordered if r.status != FAILED], [r for r in ordered if r.status == FAILED])
 
 
-def write_results(path: Path, records: list[JobRecord]) -> None:
-    """One JSON line per job, in manifest order, written atomically."""
-    write_rows(path, [r.to_json() for r in records])
-
-
 def write_rows(path: Path, rows: list[dict]) -> None:
     """Results lines (JobRecord.to_json() objects), in manifest order, written atomically."""
     with atomic_path(Path(path), overwrite=True) as tmp:
@@ -246,8 +241,12 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The lines of a results file (or of a part of one)."""
-    return [json.loads(t) for t in Path(path).read_text(encoding="utf-8").splitlines() if t.strip()]
+    """The lines of a results file (or of a part of one); [] when it cannot be read as one."""
+    try:
+        rows = [json.loads(t) for t in Path(path).read_text(encoding="utf-8").splitlines() if t.strip()]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("line"), int) and "status" in r]
 
 
 def talk_jobs(portraits: list[Path], audios: list[Path], output: Path | None, job: TalkJob) -> list[BatchJob]:
