@@ -48,11 +48,12 @@ def _root(
 
 
 @contextlib.contextmanager
-def session(command: str, progress: ProgressMode, quiet: bool, describe=None) -> Iterator:
+def session(command: str, progress: ProgressMode, quiet: bool, describe=None, tag: dict | None = None) -> Iterator:
     """Progress display for one command run: yields the sink to hand to the library's Reporter. `describe`
-    turns an item's result (its --json object) into the line printed when it finishes."""
+    turns an item's result (its --json object) into the line printed when it finishes; `tag` ({"rank": r})
+    marks the lines and events of one of several processes."""
     global _active_sink
-    sink = make_sink(command, progress, quiet, describe)
+    sink = make_sink(command, progress, quiet, describe, tag)
     _active_sink = sink
     sink.start()
     try:
