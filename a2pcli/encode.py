@@ -230,14 +230,17 @@ def load_audio(
 def container(path: Path) -> tuple[str, str]:
     """(ffmpeg muxer, audio codec) for a video file name; InputError for an extension a2p does not
     write (it never writes one container under another's name)."""
+    from a2pcli.outputs import target_of
+
     try:
         return _FORMATS[Path(path).suffix.lower()]
     except KeyError:
+        target = target_of(Path(path))
         raise InputError(
             f"a2p writes {', '.join(VIDEO_SUFFIXES[:-1])} or {VIDEO_SUFFIXES[-1]} videos, not "
-            f"{Path(path).suffix or 'a name without an extension'}",
-            subject=str(path),
-            remedy=f"name the output {Path(path).with_suffix('.mp4').name}",
+            f"{target.suffix or 'a name without an extension'}",
+            subject=str(target),
+            remedy=f"name the output {target.with_suffix('.mp4').name}",
         ) from None
 
 

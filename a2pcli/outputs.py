@@ -31,6 +31,16 @@ def temp_owner(name: str) -> int | None:
     return int(m.group("pid")) if m else None
 
 
+def target_of(path: Path) -> Path:
+    """The output a temporary name of `temp_path_for` stands for (any other path: itself), so that
+    errors found while writing the temporary name the file the user asked for."""
+    path = Path(path)
+    m = _TEMP_NAME.fullmatch(path.name)
+    if m is None:
+        return path
+    return path.with_name(m.group("stem") + path.name[m.end("stem"):].split(".part", 1)[1])
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
