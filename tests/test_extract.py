@@ -134,8 +134,8 @@ def _bad_inputs(tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n")
     truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(_index_at_the_end(media("liveportrait_d0.mp4", fallback=driving_video),
-                                            tmp_path / "whole.mp4").read_bytes()[:200_000])
+    whole = _index_at_the_end(media("liveportrait_d0.mp4", fallback=driving_video), tmp_path / "whole.mp4")
+    truncated.write_bytes(whole.read_bytes()[: min(200_000, whole.stat().st_size // 2)])
     noface = tmp_path / "gradient.png"
     _make_no_face_image(noface)
     zero = tmp_path / "zero.mp4"
