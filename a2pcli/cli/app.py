@@ -111,11 +111,21 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def _handle_sigterm() -> None:
-    """SIGTERM (a scheduler's stop, `kill`, `timeout`) is handled like Ctrl-C, unless it is ignored."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `kill`, `timeout`) is handled like Ctrl-C while a command runs,
+    unless it is ignored; the previous handler is back afterwards (`main` called in-process)."""
+    installed = False
     with contextlib.suppress(ValueError, OSError):  # not the main thread, or no such signal
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _invoke(argv: list[str] | None):
@@ -145,9 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     import click
 
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    _handle_sigterm()
     try:
-        rv = _invoke(argv)
+        with _sigterm_as_interrupt():
+            rv = _invoke(argv)
         code = rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
