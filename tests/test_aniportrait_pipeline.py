@@ -70,6 +70,10 @@ def test_no_wrap_windows_cover_the_clip_in_order(n):
 
 
 def test_ddim_scheduler_tables_timesteps_and_steps():
+    """The float32 tables are torch's float32 arithmetic, whose vectorised kernels round differently per
+    instruction set (AVX2, AVX-512, none): they are compared within the float32 rounding bound of their
+    formula (fx.ddim_tables_with_bounds), not bit for bit. Exact where exactly specified: the zero
+    terminal value, the integer timesteps. The float64 steps then run on the oracle's own tables, to 1e-9."""
     from a2pcli.aniportrait.scheduler import build_scheduler
 
     z = fx.arrays("scheduler.npz")
@@ -77,8 +81,13 @@ def test_ddim_scheduler_tables_timesteps_and_steps():
     s = build_scheduler("ddim")
     assert dict(s.config)["prediction_type"] == "v_prediction" and s.config.rescale_betas_zero_snr
     assert s.betas.dtype == torch.float32 and s.alphas_cumprod.dtype == torch.float32
-    assert np.array_equal(s.betas.numpy(), z["betas"])
-    assert np.array_equal(s.alphas_cumprod.numpy(), z["alphas_cumprod"])
+    bounds = fx.ddim_tables_with_bounds(dict(s.config))
+    for name in ("betas", "alphas_cumprod"):
+        value, bound = bounds[name]
+        ours, oracle = getattr(s, name).numpy().astype(np.float64), z[name].astype(np.float64)
+        assert np.all(np.abs(oracle - value) <= bound), f"{name}: the bound does not hold for the oracle's table"
+        worst = float(np.max(np.abs(ours - value) / bound))
+        assert worst <= 1.0, f"{name}: {worst:.3g} x the float32 rounding bound from the float64 value"
     assert s.alphas_cumprod[-1].item() == 0.0
     assert float(s.final_alpha_cumprod) == float(z["final_alpha_cumprod"])
     assert float(s.init_noise_sigma) == float(z["init_noise_sigma"])
@@ -88,7 +97,7 @@ def test_ddim_scheduler_tables_timesteps_and_steps():
     assert len(summary["steps"]) >= 10
     for info in summary["steps"]:
         key, n, t = info["key"], info["num_inference_steps"], info["t"]
-        s = build_scheduler("ddim")
+        s = fx.fixture_ddim("ddim")
         s.set_timesteps(n)
         sample, v = t64(z[f"step_{key}_sample"]), t64(z[f"step_{key}_model_output"])
         assert torch.equal(s.scale_model_input(sample, t), sample)
@@ -274,10 +283,12 @@ def _run_once(models, variant: str, mode: str):
         cfg = AniPortraitConfig(**common, reference_cond_only=True, pose_cache=True, vae_decode_batch=4)
     events = []
     n = v["frames"]
-    result = Pose2VideoSampler(models, cfg)(
-        z["ref_image_uint8_rgb"], list(z["pose_images_uint8_bgr"][:n]), z["ref_pose_uint8_bgr"],
-        init_noise=t64(z[f"{variant}__init_noise"]), progress=events.append, trace=True,
-        decode=variant == "bank64")
+    with pytest.MonkeyPatch.context() as mp:  # the oracle's float32 DDIM tables: the same on any CPU
+        mp.setattr("a2pcli.aniportrait.sampler.build_scheduler", fx.fixture_ddim)
+        result = Pose2VideoSampler(models, cfg)(
+            z["ref_image_uint8_rgb"], list(z["pose_images_uint8_bgr"][:n]), z["ref_pose_uint8_bgr"],
+            init_noise=t64(z[f"{variant}__init_noise"]), progress=events.append, trace=True,
+            decode=variant == "bank64")
     return result, events
 
 
