@@ -118,7 +118,8 @@ Acc = Annotated[
 ]
 CompileOpt = Annotated[
     bool, typer.Option("--compile", help="aniportrait renderer on a GPU: torch.compile the denoiser (the first "
-                       "render in a new environment spends a minute or two compiling; faster after that).")
+                       "render on a machine spends a minute or two compiling and keeps the kernels in the a2p "
+                       "cache; `a2p doctor` says whether it is warm).")
 ]
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="aniportrait renderer: auto (fp16 on a GPU, fp32 on the CPU), fp16, bf16 or fp32.")
@@ -284,19 +285,42 @@ def audio2video(
 
     PORTRAITS: one or more images (one face each); AUDIO: one or more speech files (wav, mp3, flac, m4a...).
     Every portrait speaks every audio file, one video each, in one process (models loaded once). The
-    --model default is the shipped audio2motion model.
+    --model default is the shipped audio2motion model. Under torchrun (torchrun --nproc-per-node N -m a2pcli
+    audio2video ... -o outdir/) the pairs are shared out over the processes, one GPU each, as `a2p batch`
+    shares a manifest: pairs already made (video and sidecar) are skipped.
 
     Example: a2p audio2video face.jpg speech.wav -o talk.mp4
     """
     from a2pcli.cli.app import finish_run, session
+    from a2pcli.launch import launch_from_env
     from a2pcli.pipeline.talking import audio2video_pairs
     from a2pcli.progress import Reporter
 
+    if launch_from_env().distributed:
+        _audio2video_shared(inputs, output, progress, quiet, json_out)
+        return
     portraits, audios = split_talk_inputs(inputs)
     job = talk_job(**params())
     with session("audio2video", progress, quiet, describe_video) as sink:
         run = audio2video_pairs(portraits, audios, output, job, reporter=Reporter(sink))
     finish_run(sink, run, json_out)
+
+
+def _audio2video_shared(inputs: list[Path], output: Path | None, progress: ProgressMode, quiet: bool,
+                        json_out: bool) -> None:
+    """audio2video under torchrun: its pairs shared out over the processes as `a2p batch` shares a manifest's
+    jobs (each output with its sidecar, pairs already made skipped; records as `a2p batch` prints them)."""
+    from a2pcli.cli.cmd_batch import rank_errors, run_jobs
+    from a2pcli.launch import launch_from_env
+    from a2pcli.pipeline.manifest import talk_jobs
+    from a2pcli.pipeline.shards import Shard
+
+    launch = launch_from_env()
+    with rank_errors(launch):
+        portraits, audios = split_talk_inputs(inputs)
+        job = talk_job(**params())
+        entries = talk_jobs(portraits, audios, output, job)
+    run_jobs("audio2video", entries, None, Shard(launch), job.output.overwrite, progress, quiet, json_out)
 
 
 def vid2vid(
