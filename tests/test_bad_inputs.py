@@ -201,6 +201,11 @@ CASES = [
     (("models", "verify", "nosuch"), "nosuch", EXIT_MODEL),
     (("models", "pull", "nosuch"), "nosuch", EXIT_MODEL),
     (("doctor", "--output-dir", "notes.txt"), "notes.txt", 2),
+    (("doctor", "--device", "cuda:x"), "--device", 2),  # doctor checks every device: it takes no --device
+    # usage: what click refuses before a job is made
+    ((*P2V, "--fps", "abc"), "--fps", 2),
+    ((*A2V, "--loudness", "3"), "--loudness", 2),
+    (("vid2vid", "face.jpg"), "DRIVING", 2),
 ]
 
 MANIFESTS = {  # one bad line each (and a good job that must not run before it is checked)
