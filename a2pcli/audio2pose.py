@@ -1,7 +1,7 @@
 """Speech -> head motion: the `audio2pose` model.
 
-    load_model(name_or_path=None, device="cpu") -> Audio2Pose
-    Audio2Pose.generate(audio, fps, n_frames=None, seed=0) -> (T, N_POSE) float32 head motion
+    load_model(name_or_path=None, device="cpu") -> Audio2PoseModel
+    Audio2PoseModel.generate(audio, fps, n_frames=None, seed=0) -> (T, N_POSE) float32 head motion
 
 `audio`: (N,) float32 mono at 16 kHz. The output, one row per video frame (frame i at time i / fps), is
 [yaw, pitch, roll] in degrees (R = Ry(yaw) Rx(pitch) Rz(roll), as a2pcli.headpose) and [x, y] translation
@@ -210,6 +210,15 @@ def build_network(cfg: A2PConfig):
             self.audio = AudioEncoder(c)
             self.denoiser = Denoiser(c)
 
+        def forward(self, x: torch.Tensor, speech: torch.Tensor, t: torch.Tensor, keep: torch.Tensor,
+                    margin: int) -> torch.Tensor:
+            """Training's one call: the velocity (B, n_pose, L) at x_t (B, n_pose, L) and times t (B,), from
+            speech (B, n_input, 4 (L + 2 margin)) with `margin` pose frames of context each side, its condition
+            zeroed for the crops where keep (B,) is 0. Inference calls the parts (encode_speech, sample)."""
+            n = x.shape[2]
+            cond = self.audio(speech)[:, :, margin : margin + n] * keep[:, None, None]
+            return self.denoiser(x, self.denoiser.prepare(cond), t)
+
     return A2PNet(cfg)
 
 
@@ -327,7 +336,7 @@ def resample(motion: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
 
 
 @dataclass
-class Audio2Pose:
+class Audio2PoseModel:
     """A loaded model. `config`: its A2PConfig; `meta`: training data summary and metrics."""
 
     config: A2PConfig
@@ -469,8 +478,8 @@ def read_config(folder: Path) -> tuple[A2PConfig, dict]:
     return cfg, doc
 
 
-def load_folder(folder: Path, device: str = "cpu") -> Audio2Pose:
-    """A model folder (config.json + model.safetensors) -> Audio2Pose, loaded strictly."""
+def load_folder(folder: Path, device: str = "cpu") -> Audio2PoseModel:
+    """A model folder (config.json + model.safetensors) -> Audio2PoseModel, loaded strictly."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -494,10 +503,10 @@ def load_folder(folder: Path, device: str = "cpu") -> Audio2Pose:
     except (RuntimeError, ValueError) as exc:
         raise _corrupt(wpath, f"does not match {CONFIG_FILE}: {str(exc)[:160]}") from exc
     net.eval().to(device)
-    return Audio2Pose(cfg, net, doc.get("meta", {}), device, folder)
+    return Audio2PoseModel(cfg, net, doc.get("meta", {}), device, folder)
 
 
-def load_model(name_or_path: str | Path | None = None, device: str = "cpu") -> Audio2Pose:
+def load_model(name_or_path: str | Path | None = None, device: str = "cpu") -> Audio2PoseModel:
     """None or "audio2pose": the shipped model (files checked against the registry's sha256); else a folder
     written by `a2p train audio2pose`. ModelError naming the file when one is missing or corrupt."""
     from a2pcli import registry

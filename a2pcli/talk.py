@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from a2pcli import facemesh as fm
+from a2pcli.audio import SAMPLE_RATE
 from a2pcli.headpose import apply_pose
 from a2pcli.motion import Motion
-from a2pcli.retarget import PortraitFace, Targets, _no_crossing, _rotation_power, region_weights
+from a2pcli.retarget import FaceTargets, PortraitFace, expression_weights, no_crossing, rotation_power
 
-SAMPLE_RATE = 16000
 BLINK_DURATION_S = 0.26  # closing is quicker than opening
 BLINK_MIN_GAP_S = 1.2
 BREATH_HZ, BREATH_UNITS = 0.22, 0.006  # a slow rise and fall of the head, face units
@@ -39,13 +39,13 @@ TARGET_CHUNK = 1000  # frames of target landmarks computed at a time (bounded te
 @dataclass(frozen=True)
 class TalkOptions:
     template: Path | None = None  # head motion from a .pose / .npy instead of generating it
-    head: str = HEAD_MODEL  # generated head motion: "audio2pose" (or a trained model folder), or "rule"
+    head: str = HEAD_MODEL  # generated head motion: "audio2pose", a registry name or a model folder, or "rule"
     template_region: str = "pose"  # pose, pose+eyes, pose+eyes+brows
     still: bool = False
     pose_scale: float = 1.0
     expression_scale: float = 1.0
-    blink_rate: float = 17.0  # per minute
-    seed: int = 0
+    blink_rate: float = 17.0  # per minute: a typical adult's spontaneous blink rate in conversation
+    seed: int = 0  # blinks and generated head motion (a pipeline job passes its own seed)
 
 
 def loudness(audio: np.ndarray, fps: float, n: int) -> np.ndarray:
@@ -162,23 +162,14 @@ def uses_head_model(opts: TalkOptions) -> bool:
     return not opts.still and opts.template is None and opts.head != HEAD_RULE
 
 
-def closed_rest(open_gap: float, opening_shape: np.ndarray) -> np.ndarray:
-    """(478, 3) delta that closes a portrait's open mouth: its lip gap `open_gap` (face units,
-    render.open_mouth_gap; 0 for a closed mouth) taken back along the model's own mouth opening
-    (`Audio2Motion.opening_shape()`: the jaw rises with the lower lip). The model's lips are relative to a
-    closed mouth at rest: on an open-mouthed portrait they start from this rest, so the mouth closes in
-    silence and between syllables as a speaker's does, instead of never closing further than the portrait."""
-    return (-float(max(open_gap, 0.0)) * opening_shape).astype(np.float32)
-
-
 def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips: np.ndarray, opts: TalkOptions,
-                 ref_mean: np.ndarray, template: Motion | None = None,
-                 rest: np.ndarray | None = None, head_motion: np.ndarray | None = None) -> tuple[Targets, list[str]]:
+                 ref_mean: np.ndarray, template: Motion | None = None, rest: np.ndarray | None = None,
+                 head_motion: np.ndarray | None = None) -> tuple[FaceTargets, list[str]]:
     """Target landmarks and pose for n frames of speech. `lips`: (n, 478, 3) expression deltas from the
     audio2motion model; `rest`: (478, 3) delta from the portrait to the closed mouth they are relative to
-    (closed_rest), None for a portrait whose mouth is closed; `head_motion`: (n, 5) yaw, pitch, roll
-    (degrees), x, y (face units) relative to the portrait, from Audio2Pose.generate (None without
-    --still or a template: the hand-made rule)."""
+    (mouth.closed_rest), None for a portrait whose mouth is closed; `head_motion`: (n, 5) yaw, pitch, roll
+    (degrees), x, y (face units) relative to the portrait, from audio2pose.Audio2PoseModel.generate (used without
+    --still or a template; None there: the hand-made rule)."""
     notes: list[str] = []
     rng = np.random.default_rng(opts.seed)
     db = loudness(audio, fps, n)
@@ -195,12 +186,12 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
                 notes.append("the template has no expression (an AniPortrait head-pose template): "
                              "--template-region uses its head motion only")
             else:
-                w = region_weights(ref_mean, "eyes")
+                w = expression_weights(ref_mean, "eyes")
                 if opts.template_region == "pose+eyes+brows":
                     brows = np.zeros_like(w)
                     brows[np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW, fm.FOREHEAD])] = 1.0
                     w = np.maximum(w, brows)
-                lips_w = region_weights(ref_mean, "lips")
+                lips_w = expression_weights(ref_mean, "lips")
                 expr_w = (w * (1 - lips_w))[None, :, None]  # the lips always follow the speech
         if len(template) * fps / template.fps < n:
             notes.append("the head-motion template is shorter than the audio: it is played back and forth")
@@ -215,7 +206,7 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
         from a2pcli.headpose import matrix_from_euler
 
         rel = matrix_from_euler(rule_head(db, fps, rng))
-    rel = _rotation_power(rel.astype(np.float32), opts.pose_scale) if not opts.still else rel
+    rel = rotation_power(rel.astype(np.float32), opts.pose_scale) if not opts.still else rel
     t = np.arange(n) / fps
     shift = shift * opts.pose_scale
     shift[:, 1] += BREATH_UNITS * np.sin(2 * np.pi * BREATH_HZ * t)
@@ -232,6 +223,6 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
         canon += blink_delta(face.canon, closure[a:b])
         if expr_w is not None:
             canon += expr[a:b] * expr_w
-        canon = _no_crossing(canon)
+        canon = no_crossing(canon)
         lm[a:b] = apply_pose(canon.astype(np.float32), rot[a:b], trans[a:b], scale[a:b])
-    return Targets(lm, rot, trans, scale), notes
+    return FaceTargets(lm, rot, trans, scale), notes

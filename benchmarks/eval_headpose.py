@@ -1,8 +1,8 @@
 """Head motion from speech (audio2pose) against real talkers, the hand-made rule, and a shuffled-speech control.
 
-    python benchmarks/eval_headpose.py heldout --data DATASET.npz [--data ...] [--model M] [--seeds 5] [--out F]
+    python benchmarks/eval_headpose.py heldout --data DATA [--data ...] [--model M] [--seeds 5] [--out F]
     python benchmarks/eval_headpose.py long [--minutes 10] [--model M] [--out F]
-    python benchmarks/eval_headpose.py rendered --data DATASET.npz [--clips 10] [--seconds 8] [--out F]
+    python benchmarks/eval_headpose.py rendered --data DATA [--clips 10] [--seconds 8] [--out F]
 
 heldout: on the clips of the speakers the model was not trained on (its config lists them), the real head
   pose (MediaPipe, `a2p extract-pose`) and the motion generated from the clip's own speech are measured the
@@ -10,13 +10,13 @@ heldout: on the clips of the speakers the model was not trained on (its config l
   of both), then per axis the standard deviation and the mean absolute velocity, averaged over clips, and
   the correlation of head speed with the speech's onsets (the rise of its loudness) per clip. The model's
   numbers are the mean over --seeds seeds; beside them the hand-made rule (`--head rule`) and the control
-  (the model driven by another clip's speech, scored against this clip's onsets). DATASET.npz: what `a2p
-  train audio2pose` prepared (OUT/dataset.npz).
+  (the model driven by another clip's speech, scored against this clip's onsets). DATA: what `a2p train
+  audio2pose` prepared (OUT/dataset.npz), or a folder of such files.
 long: --minutes of speech (the corpus's speech files one after another): no drift (the mean pose of the
   last minute against the first's, per seed), and the time and peak-memory increase of the motion stage
   (features + network) in this process.
-rendered: like for like through the renderer: the clip's first frame is the portrait, `a2p audio2video`
-  renders its speech with the model (seed 0) and with the rule, MediaPipe reads the head pose of the videos
+rendered: like for like through the renderer: the clip's first frame is the portrait, audio2video (the
+  library's pipeline) renders its speech with the model (seed 0) and with the rule, MediaPipe reads the head pose of the videos
   and it is measured as the real clip's is (landmark noise included on both sides).
 """
 
@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,10 +38,11 @@ AXES = ("yaw", "pitch", "roll")
 
 
 def held_out_clips(model, data: list[Path]):
-    from a2pcli.train_a2p import load_dataset
+    from a2pcli.train.audio2pose.data import dataset_files, load_dataset
 
     names = {r["clip"] for r in (model.meta.get("validation") or {}).get("val_clips", [])}
-    clips = [c for d in data for c in load_dataset(d)]
+    files = [f for d in data for f in (dataset_files(d) if d.is_dir() else [d])]
+    clips = [c for f in files for c in load_dataset(f)]
     if not names:  # a model without validation: every clip
         return clips
     return [c for c in clips if c.name in names]
@@ -50,7 +50,7 @@ def held_out_clips(model, data: list[Path]):
 
 def heldout(args) -> dict:
     from a2pcli.audio2pose import load_model
-    from a2pcli.train_a2p import evaluate_clips, summarise
+    from a2pcli.train.audio2pose.evaluate import evaluate_clips, summarise
 
     model = load_model(args.model)
     clips = held_out_clips(model, args.data)
@@ -74,7 +74,7 @@ def heldout(args) -> dict:
 
 def long_speech(minutes: float) -> np.ndarray:
     """The corpus's speech files one after another, to `minutes` (cycled when they are too few)."""
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
 
     files = sorted((SHARED / "corpus" / "speech").glob("*"))
     need = int(minutes * 60 * 16000)
@@ -122,11 +122,17 @@ def long_run(args) -> dict:
 def rendered(args) -> dict:
     from a2pcli.audio2pose import load_model
     from a2pcli.extract import ExtractOptions, extract_motion
-    from a2pcli.train_a2p import motion_stats
+    from a2pcli.pipeline.models import Models
+    from a2pcli.pipeline.options import OutputOptions, TalkJob
+    from a2pcli.pipeline.portrait import PortraitOptions
+    from a2pcli.pipeline.talking import audio2video
+    from a2pcli.talk import TalkOptions
+    from a2pcli.train.audio2pose.evaluate import motion_stats
 
     model = load_model(args.model)
     clips = held_out_clips(model, args.data)[: args.clips]
     tmp = Path(tempfile.mkdtemp())
+    models = Models()
     rows = []
     for c in clips:
         video = SHARED / "corpus" / c.name.split("/")[0] / Path(c.name).name
@@ -136,10 +142,11 @@ def rendered(args) -> dict:
         n = min(len(c.pose), int(args.seconds * c.fps))
         row = {"clip": Path(c.name).name, "frames": n, "real": motion_stats(c.pose[:n, :3], c.fps)}
         portrait, speech = _portrait_and_speech(video, n / c.fps, tmp)
-        for who, extra in (("model", ["--seed", "0"]), ("rule", ["--head", "rule"])):
+        for who, head in (("model", args.model or "audio2pose"), ("rule", "rule")):
             out = tmp / f"{video.stem}_{who}.mp4"
-            subprocess.run([sys.executable, "-m", "a2pcli", "audio2video", str(portrait), str(speech), "-o", str(out),
-                            "--max-size", "512", "-q", "--overwrite", *extra], check=True)
+            job = TalkJob(seed=0, talk=TalkOptions(head=head), portrait=PortraitOptions(max_size=512),
+                          output=OutputOptions(overwrite=True))
+            audio2video(portrait, speech, out, job, models=models)
             motion, _ = extract_motion(out, ExtractOptions())
             row[who] = motion_stats(motion.euler, motion.fps)
         rows.append(row)
@@ -158,7 +165,7 @@ def _portrait_and_speech(video: Path, seconds: float, tmp: Path) -> tuple[Path, 
     import cv2
     import soundfile as sf
 
-    from a2pcli.encode import load_audio, probe_audio
+    from a2pcli.audio import load_audio, probe_audio
     from a2pcli.media import probe_video, stream_frames
 
     first = next(iter(stream_frames(probe_video(video))))

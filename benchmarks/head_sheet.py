@@ -27,7 +27,7 @@ RANGE_DEG = 15.0  # the plot's vertical range, +- degrees
 def render(portrait: Path, speech: Path, seconds: float, extra: list[str], tmp: Path, name: str) -> Path:
     import soundfile as sf
 
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
 
     cut = tmp / f"{speech.stem}.wav"
     if not cut.exists():
@@ -78,7 +78,7 @@ def plot(poses: dict[str, np.ndarray], fps: float, speech: Path, seconds: float,
     """One strip per variant: yaw, pitch, roll (red, green, blue) relative to the first frame, and loudness."""
     import cv2
 
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
 
     audio = load_audio(speech, 16000, duration_s=seconds)
     hop = 160
