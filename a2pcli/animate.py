@@ -56,6 +56,7 @@ class AnimateOptions:
     device: str = "auto"
     batch_size: str = "auto"
     frames_dir: Path | None = None
+    mouth_model: str | None = None  # the mouth model: a registry name or a model folder (None: the shipped one)
 
 
 def _even(n: float) -> int:
@@ -240,7 +241,10 @@ def render_video(portrait: Portrait, tgt: Targets, fps: float, output: Path, opt
     reporter.info(f"device: {choice.device} ({choice.name}); {choice.reason}; batches of {batch} frames"
                   + (f", about {vram / 1e9:.1f} GB of GPU memory" if vram else ""))
 
-    renderer = WarpRenderer(portrait.image, portrait.face, tgt, device=choice.device)
+    from a2pcli.mouthnet import load_model as load_mouth_model
+
+    mouth = load_mouth_model(opts.mouth_model, device=choice.device)
+    renderer = WarpRenderer(portrait.image, portrait.face, tgt, device=choice.device, mouth=mouth)
     t_setup = time.perf_counter() - t0
     reporter.stage("render", total=n)
     t1 = time.perf_counter()
@@ -269,16 +273,19 @@ def render_video(portrait: Portrait, tgt: Targets, fps: float, output: Path, opt
 
 
 def render_frames(portrait: Portrait, motion: Motion, opts: AnimateOptions = AnimateOptions(),
-                  n: int | None = None, device: str = "cpu", batch: int = CPU_BATCH):
-    """In-memory rendering (evaluation, tests): yields (B, H, W, 3) uint8 batches of `motion` on `portrait`."""
+                  n: int | None = None, device: str = "cpu", batch: int = CPU_BATCH, mouth=None):
+    """In-memory rendering (evaluation, tests): yields (B, H, W, 3) uint8 batches of `motion` on `portrait`.
+    `mouth`: a loaded mouth model (mouthnet.MouthModel); None loads opts.mouth_model."""
     from a2pcli.headpose import load_reference
+    from a2pcli.mouthnet import load_model as load_mouth_model
     from a2pcli.render import WarpRenderer
     from a2pcli.retarget import retarget
 
     ropts = RetargetOptions(opts.region, opts.pose_scale, opts.expression_scale, opts.ref_frame)
     tgt = retarget(portrait.face, motion, ropts, load_reference().mean)
     n = len(tgt) if n is None else min(n, len(tgt))
-    renderer = WarpRenderer(portrait.image, portrait.face, _cut(tgt, n), device=device)
+    mouth = mouth or load_mouth_model(opts.mouth_model, device=device)
+    renderer = WarpRenderer(portrait.image, portrait.face, _cut(tgt, n), device=device, mouth=mouth)
     for start in range(0, n, batch):
         yield renderer.render(_cut(tgt, min(n, start + batch), start))
 
