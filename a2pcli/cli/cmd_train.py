@@ -20,7 +20,7 @@ TRAIN_HELP = "Train a2p's models on your own data. Multi-GPU runs go through tor
 
 
 class Preset(str, Enum):
-    tiny = "tiny"  # a few minutes on a CPU: checks the whole loop (CI, smoke tests)
+    tiny = "tiny"  # seconds to minutes on a CPU: checks the whole loop (CI, smoke tests)
     default = "default"
 
 
@@ -111,6 +111,71 @@ def audio2motion(
     finish(sink, summary, json_out, _human(summary), quiet)
 
 
+PosesDirs = Annotated[
+    Optional[list[Path]],
+    typer.Option("--poses", help="Folder of .pose files named after the videos (a2p extract-pose output), used "
+                 "instead of finding the landmarks again when made from the same file. Repeat for several.",
+                 show_default=False),
+]
+
+
+def mouth(
+    data: DataDirs,
+    output: ModelDir,
+    preset: PresetOpt = Preset.default,
+    epochs: Epochs = None,
+    batch_size: TrainBatch = None,
+    lr: LearningRate = None,
+    val_speakers: ValSpeakers = None,
+    poses: PosesDirs = None,
+    resume: Resume = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Train the mouth model (lips, teeth, tongue of the embedded renderer) on talking videos.
+
+    Self-reenactment: a frame of each video is the portrait, its other frames drive it and are the truth.
+    Speech is not needed. Prepared crops are cached in the model folder.
+
+    \b
+      a2p train mouth --data clips/ -o my-mouth
+      a2p train mouth --data clips/ -o my-mouth --resume my-mouth      (continue)
+
+    Use the result with `--mouth-model my-mouth`.
+    """
+    from a2pcli.progress import Reporter
+    from a2pcli.train_mouth import TrainOptions, output_check, train
+
+    check_training_inputs(data, output, resume, val_speakers)
+    for folder in poses or []:
+        if not folder.is_dir():
+            raise InputError("--poses folder not found", subject=str(folder), remedy="--poses takes a folder of .pose files")
+    output_check(output)
+    opts = TrainOptions(
+        data=tuple(data), output=output, preset=preset.value, epochs=epochs, batch_size=batch_size, lr=lr,
+        val_speakers=tuple(s.strip() for s in val_speakers.split(",") if s.strip()) if val_speakers else None,
+        poses=tuple(poses or ()), resume=resume, seed=seed, device=device,
+    )
+    with session("train mouth", progress, quiet) as sink:
+        summary = train(opts, Reporter(sink))
+    finish(sink, summary, json_out, _human_mouth(summary), quiet)
+
+
+def _human_mouth(s: dict) -> str:
+    v = s.get("validation") or {}
+    metrics = ""
+    if "val_ssim" in v:
+        metrics = (f"; validation mouth crops SSIM {v['val_ssim']:.3f} (warp alone {v['val_ssim_warp']:.3f}), "
+                   f"PSNR {v['val_psnr']:.2f} dB (warp alone {v['val_psnr_warp']:.2f}), sharpness x{v['val_sharpness']}")
+    d = s["data"]
+    return (f"{s['output']}: {s['epochs']} epochs ({s['steps']} steps) on {d['train']['samples']} samples of "
+            f"{d['train']['speakers']} speakers, {d['val']['speakers']} speakers held out{metrics}; "
+            f"{s['elapsed_s']:.0f} s")
+
+
 def _human(s: dict) -> str:
     v = s.get("validation") or {}
     metrics = ""
@@ -126,4 +191,5 @@ def _human(s: dict) -> str:
 def register(app: typer.Typer) -> None:
     train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
     train_app.command("audio2motion")(audio2motion)
+    train_app.command("mouth")(mouth)
     app.add_typer(train_app, name="train", help=TRAIN_HELP)
