@@ -14,7 +14,8 @@ from typing import Annotated, Optional
 import typer
 
 from a2pcli import __version__
-from a2pcli.cli.options import Device, JsonOut, Model, OutputPath, Overwrite, Progress, ProgressMode, Quiet, Seed
+from a2pcli.cli.options import (Device, JsonOut, Model, MouthModelOpt, OutputPath, Overwrite, Progress, ProgressMode,
+                                 Quiet, Seed)
 from a2pcli.errors import InputError, ModelError, NotAvailableError
 
 VIDEO_SUFFIX = ".mp4"
@@ -272,6 +273,7 @@ def audio2video(
     seed: Seed = 0,
     model: Model = None,
     renderer: RendererOpt = Renderer.embedded,
+    mouth_model: MouthModelOpt = None,
     motion: Annotated[
         MotionModel,
         typer.Option("--motion", help="Speech-to-motion: a2p (the shipped audio2motion model, see --model) or "
@@ -349,6 +351,7 @@ def vid2vid(
     frames_dir: FramesDir = None,
     meta: Meta = False,
     renderer: RendererOpt = Renderer.embedded,
+    mouth_model: MouthModelOpt = None,
     steps: Steps = DEFAULT_STEPS,
     cfg: Cfg = DEFAULT_CFG,
     low_vram: LowVram = False,
@@ -405,6 +408,7 @@ def pose2vid(
     frames_dir: FramesDir = None,
     meta: Meta = False,
     renderer: RendererOpt = Renderer.embedded,
+    mouth_model: MouthModelOpt = None,
     steps: Steps = DEFAULT_STEPS,
     cfg: Cfg = DEFAULT_CFG,
     low_vram: LowVram = False,
@@ -443,13 +447,17 @@ def _human(s: dict) -> str:
 
 
 def check_renderer(args: dict) -> None:
-    """The aniportrait renderer's options, checked before anything runs."""
+    """The renderers' options, checked before anything runs."""
     if args.get("renderer") is not Renderer.aniportrait:
+        check_model(args.get("mouth_model"))
         for flag, used in (("--acc", args.get("acc", 1) != 1), ("--compile", args.get("compile_", False))):
             if used:
                 raise InputError("is an option of the diffusion renderer", subject=flag,
                                  remedy="add --renderer aniportrait, or leave it out")
         return
+    if args.get("mouth_model") is not None:
+        raise InputError("is an option of the embedded renderer", subject="--mouth-model",
+                         remedy="leave it out with --renderer aniportrait")
     if args.get("scheduler") not in ("ddim", "dpmpp", "unipc"):
         raise InputError(f"unknown --scheduler {args.get('scheduler')!r}", subject="--scheduler",
                          remedy="use ddim, dpmpp or unipc")
@@ -500,7 +508,8 @@ def run_driven(command: str, args: dict, audio: Path | None) -> None:
     aopts = AnimateOptions(region=args["region"].value, pose_scale=args["pose_scale"],
                            expression_scale=args["expression_scale"], ref_frame=args["ref_frame"],
                            fps=args.get("fps"), crf=args["crf"], device=args["device"],
-                           batch_size=args["batch_size"], frames_dir=args["frames_dir"])
+                           batch_size=args["batch_size"], frames_dir=args["frames_dir"],
+                           mouth_model=args.get("mouth_model"))
     with session(command, args["progress"], args["quiet"]) as sink:
         reporter = Reporter(sink)
         notes = []
@@ -553,7 +562,7 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
     fps = float(args["fps"])
     popts = PortraitOptions(crop=args["crop"], size=args["size"] or DEFAULT_CROP_SIZE, max_size=args["max_size"])
     aopts = AnimateOptions(crf=args["crf"], device=args["device"], batch_size=args["batch_size"],
-                           frames_dir=args["frames_dir"])
+                           frames_dir=args["frames_dir"], mouth_model=args.get("mouth_model"))
     topts = TalkOptions(template=args["pose"], template_region=args["template_region"].value, still=args["still"],
                         pose_scale=args["pose_scale"], expression_scale=args["expression_scale"],
                         blink_rate=args["blink_rate"], seed=args["seed"])
@@ -613,7 +622,8 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
                             notes.append("--motion aniportrait takes only the head pose from --pose: "
                                          "--template-region is ignored")
                     else:
-                        rest = closed_rest(open_mouth_gap(portrait.image, portrait.face), a2m.opening_shape())
+                        rest = closed_rest(open_mouth_gap(portrait.image, portrait.face), a2m.opening_shape(),
+                                           portrait.face.canon)
                         tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template,
                                                   rest)
                     with atomic_path(out, args["overwrite"]) as tmp:
