@@ -39,10 +39,12 @@ TPS_REG_FEATURE = 2e-3  # at lid points and anchors: close to exact, so the eyes
 TPS_REG_LIPS = 2e-4  # at lip points: nearly exact, so lips meet when they close
 MOUTH_RAMP = 0.012  # face units of extra lip gap over which the mouth model's painting fades in
 MOUTH_MIN_STRENGTH = 0.01  # frames painted less than this are left to the warp
+INTERIOR_BLUR = 2.0  # crop pixels: the warp's streaks of stretched lip between the inner lip lines are smoothed
 OPEN_PORTRAIT = 0.03  # face units: a portrait whose lips part more than this may have a mouth interior to hide
 OPEN_VISIBLE = 0.012  # face units: ... and does when its visible interior (cavity, teeth) is at least this tall
 INTERIOR_DARK, INTERIOR_BRIGHT = 0.6, 1.25  # luminance relative to the lips': cavity below, teeth above
 INTERIOR_SATURATION = 0.85  # teeth are also paler than the lips (saturation relative to theirs): not a highlight
+YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])  # BT.601
 # Spacing of the warp field's nodes, face units: fine across the face and finest over the lids and lips,
 # whose points move in opposite directions a few pixels apart; coarse over hair and background.
 # The warp field is evaluated on a coarse grid over the working region and on fine patches over the mouth
@@ -304,6 +306,7 @@ class WarpRenderer:
 
         torch, face = self.torch, self.face
         self.mouth_cfg = cfg
+        self.lip_rgb = _lip_colour(self.image, face.landmarks).astype(np.float64)
         own = mouthnet.portrait_crop(self.image, face.landmarks, face.rotation, face.scale, cfg)
         self.portrait_mouth = torch.from_numpy(own).to(self.device)
         a = mouthnet.crop_affine(face.landmarks[None], face.rotation[None], np.array([face.scale]), cfg)
@@ -495,10 +498,30 @@ class WarpRenderer:
         torch = self.torch
         dev = warped.device
         lips = torch.from_numpy(plan.lips).to(dev)
-        painted = warped + self.mouth.paint(warped, lips, interior, self.portrait_mouth)
+        # the model's painting up to a pixel beyond the outer lip line (further out it would tint smooth skin)
+        near = torch.nn.functional.max_pool2d(lips[:, 1:2], 3, stride=1, padding=1)
+        base = warped
+        if not self.open_portrait:  # between the inner lip lines the warp only stretches lip: smooth its streaks
+            base = warped + lips[:, :1] * (_blur(warped, INTERIOR_BLUR) - warped)
+        painted = base + self.mouth.paint(base, lips, interior, self.portrait_mouth) * near
+        painted = painted + lips[:, :1] * (self._own_hues(painted) - painted)  # inside the inner lip line
         cover = torch.from_numpy(plan.lip_cover).to(dev)[:, None] * (1.0 - lips[:, :1])
         final = painted + cover * (lips_rgb - painted)
         return (final - warped) * torch.from_numpy(plan.strength).to(dev).view(-1, 1, 1, 1)
+
+    def _own_hues(self, rgb):
+        """(M, 3, S, S) 0..255 with its chroma (BT.601 Cb, Cr) projected onto the portrait's lip hue, negative
+        projections made neutral: the painted mouth keeps the portrait's palette (teeth stay neutral, a cavity
+        takes the lips' hue) instead of drifting to hues the portrait's mouth does not have (an olive cavity
+        on a cartoon)."""
+        torch = self.torch
+        m = torch.tensor(YCBCR, dtype=rgb.dtype, device=rgb.device)
+        ycc = torch.einsum("ij,bjhw->bihw", m, rgb)
+        hue = torch.tensor(YCBCR[1:] @ self.lip_rgb, dtype=rgb.dtype, device=rgb.device)
+        hue = hue / hue.norm().clamp_min(1e-6)
+        along = (ycc[:, 1:] * hue.view(1, 2, 1, 1)).sum(1, keepdim=True).clamp_min(0.0)
+        ycc = torch.cat([ycc[:, :1], along * hue.view(1, 2, 1, 1)], 1)
+        return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), ycc)
 
     def _mouth_crop_cpu(self, dense: np.ndarray, a: np.ndarray, box: Region | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The warped portrait (S, S, 3) uint8 and the warped interior mask (S, S) float32 in the crop `a`
@@ -611,6 +634,18 @@ def _add_crop(frame: np.ndarray, delta: np.ndarray, a: np.ndarray) -> None:
 def _lip_gap(canon: np.ndarray) -> np.ndarray:
     """Inner lip gap at the middle of the mouth, face units. canon: (T, 478, 3) -> (T,)"""
     return (canon[:, fm.LIPS_INNER_LOWER[3:-3], 1] - canon[:, fm.LIPS_INNER_UPPER[3:-3], 1]).mean(1)
+
+
+def _blur(x: "torch.Tensor", sigma: float) -> "torch.Tensor":
+    """Separable Gaussian blur of (B, C, H, W), borders replicated."""
+    import torch
+    from torch.nn import functional as F
+
+    r = int(np.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = (k / k.sum()).repeat(x.shape[1], 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(-1, 1, 1, 2 * r + 1), groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(-1, 1, 2 * r + 1, 1), groups=x.shape[1])
 
 
 def _solve(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
