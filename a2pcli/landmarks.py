@@ -21,6 +21,7 @@ N_LANDMARKS = 478  # face mesh 468 + 10 iris points (refine_landmarks=True)
 MAX_FACES = 2  # faces tracked per frame: enough to notice a second face and follow the largest
 MIN_DETECTION_CONFIDENCE = 0.5
 MIN_TRACKING_CONFIDENCE = 0.5
+NO_FACE_HINT = "use a picture where one face is visible, roughly frontal, at least about 100 pixels tall"
 
 # Landmark indices (MediaPipe face mesh topology). "Right"/"left" are the subject's.
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263

@@ -14,7 +14,7 @@ the target lips, the target lip shape, and the portrait's own mouth (mouthnet's 
 change is resampled into the frame, so that nothing outside the mouth changes.
 
     r = WarpRenderer(image, face, plan, device="cpu", mouth=mouthnet.load_model())
-    frames = r.render(targets[0:16])          # (16, H, W, 3) uint8
+    frames = r.render(targets.slice(0, 16))   # (16, H, W, 3) uint8
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from a2pcli import facemesh as fm
-from a2pcli.retarget import PortraitFace, Targets
+from a2pcli.mouth import lip_and_skin_colour, lip_gap, open_mouth_gap
+from a2pcli.retarget import FaceTargets, PortraitFace
 
 SHELL_LEVELS = (1.3, 1.8)  # the face oval scaled about its centre: rigid head points (hair, ears)
 SHELL_MAX_Y = 0.45  # face units: oval points below this (the jaw and chin) get no shell: the neck stays put
@@ -40,10 +41,6 @@ TPS_REG_LIPS = 2e-4  # at lip points: nearly exact, so lips meet when they close
 MOUTH_RAMP = 0.012  # face units of extra lip gap over which the mouth model's painting fades in
 MOUTH_MIN_STRENGTH = 0.01  # frames painted less than this are left to the warp
 INTERIOR_BLUR = 2.0  # crop pixels: the warp's streaks of stretched lip between the inner lip lines are smoothed
-OPEN_PORTRAIT = 0.03  # face units: a portrait whose lips part more than this may have a mouth interior to hide
-OPEN_VISIBLE = 0.012  # face units: ... and does when its visible interior (cavity, teeth) is at least this tall
-INTERIOR_DARK, INTERIOR_BRIGHT = 0.6, 1.25  # luminance relative to the lips': cavity below, teeth above
-INTERIOR_SATURATION = 0.85  # teeth are also paler than the lips (saturation relative to theirs): not a highlight
 YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])  # BT.601
 # Spacing of the warp field's nodes, face units: fine across the face and finest over the lids and lips,
 # whose points move in opposite directions a few pixels apart; coarse over hair and background.
@@ -56,7 +53,7 @@ PATCH_FEATHER = 3  # node spacings over which a patch blends into the coarse fie
 
 
 @dataclass(frozen=True)
-class Region:
+class WorkingRegion:
     x0: int
     y0: int
     x1: int
@@ -71,14 +68,14 @@ class Region:
         return self.y1 - self.y0
 
 
-def working_region(face: PortraitFace, size: tuple[int, int], margin: float = 0.0) -> Region:
+def working_region(face: PortraitFace, size: tuple[int, int], margin: float = 0.0) -> WorkingRegion:
     """The square around the face (clipped to the image) outside which the renderer changes nothing."""
     w, h = size
     cx, cy = face.translation[:2]
     half = (ROI_HALF + margin) * face.scale
     x0, y0 = max(0, int(np.floor(cx - half))), max(0, int(np.floor(cy - half)))
     x1, y1 = min(w, int(np.ceil(cx + half))), min(h, int(np.ceil(cy + half)))
-    return Region(x0, y0, x1, y1)
+    return WorkingRegion(x0, y0, x1, y1)
 
 
 def _shell_canon(face: PortraitFace) -> np.ndarray:
@@ -90,7 +87,7 @@ def _shell_canon(face: PortraitFace) -> np.ndarray:
     return np.concatenate(shells).astype(np.float32)
 
 
-def _static_points(face: PortraitFace, roi: Region) -> np.ndarray:
+def _static_points(face: PortraitFace, roi: WorkingRegion) -> np.ndarray:
     a = np.linspace(0, 2 * np.pi, RING_POINTS, endpoint=False)
     ring = face.translation[None, :2] + RING_RADIUS * face.scale * np.stack([np.cos(a), np.sin(a)], 1)
     t = np.linspace(0, 1, BORDER_POINTS)
@@ -105,65 +102,6 @@ def _static_points(face: PortraitFace, roi: Region) -> np.ndarray:
     row = np.stack([xs_t, np.full_like(xs_t, TORSO_Y), np.zeros_like(xs_t)], 1).astype(np.float32)
     torso = apply_pose(row[None], face.rotation[None], face.translation[None], np.array([face.scale], np.float32))
     return np.concatenate([ring, border, torso[0, :, :2]]).astype(np.float32)
-
-
-def _lip_colour(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """The portrait's lip colour (RGB 0..1), sampled at landmarks."""
-    h, w = image.shape[:2]
-
-    def sample(pts: np.ndarray) -> np.ndarray:
-        xy = np.clip(np.round(pts[:, :2]).astype(int), 0, [w - 1, h - 1])
-        return image[xy[:, 1], xy[:, 0]].astype(np.float32) / 255.0
-
-    outer = np.concatenate([fm.LIPS_OUTER_UPPER[2:-2], fm.LIPS_OUTER_LOWER[2:-2]])
-    inner = np.concatenate([fm.LIPS_INNER_UPPER[2:-2], fm.LIPS_INNER_LOWER[2:-2]])
-    return np.median(sample(0.5 * (lm[outer] + lm[inner])), 0)
-
-
-def _inner_lip_polygon(lm: np.ndarray) -> np.ndarray:
-    return np.concatenate([lm[fm.LIPS_INNER_UPPER, :2], lm[fm.LIPS_INNER_LOWER[::-1], :2]])
-
-
-def visible_interior(image: np.ndarray, lm: np.ndarray, scale: float) -> float:
-    """Mean height, face units, of the mouth interior the portrait shows: the pixels between its inner lip
-    lines that are much darker (the cavity) than its lips, or brighter and paler (teeth), over the mouth's
-    width.
-    Landmarks often part a little on closed lips (the inner lip lines sit inside the lips): this tells an
-    open mouth from such closed lips. A dark seam where the lips meet counts too: on a small face (a seam
-    two pixels thick) such closed lips can still pass for an open mouth."""
-    import cv2
-
-    h, w = image.shape[:2]
-    poly = _inner_lip_polygon(lm)
-    x0, y0 = np.clip(np.floor(poly.min(0)).astype(int) - 1, 0, [w - 1, h - 1])
-    x1, y1 = np.clip(np.ceil(poly.max(0)).astype(int) + 2, 1, [w, h])
-    if x1 <= x0 or y1 <= y0:
-        return 0.0
-    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    cv2.fillPoly(mask, [np.round(poly - [x0, y0]).astype(np.int32)], 1)
-    px = image[y0:y1, x0:x1][mask > 0].astype(np.float32) / 255.0
-    if not len(px):
-        return 0.0
-    luma = np.array([0.299, 0.587, 0.114], np.float32)
-    lip = _lip_colour(image, lm)
-    lip_l = max(float(lip @ luma), 1e-3)
-    lip_s = float(lip.max() - lip.min()) / max(float(lip.max()), 1e-3)
-    lum = px @ luma
-    sat = (px.max(-1) - px.min(-1)) / np.maximum(px.max(-1), 1e-3)
-    teeth = (lum > INTERIOR_BRIGHT * lip_l) & (sat < INTERIOR_SATURATION * lip_s)
-    shown = int(np.count_nonzero((lum < INTERIOR_DARK * lip_l) | teeth))
-    width = float(np.linalg.norm(lm[fm.LIPS_INNER_UPPER[0], :2] - lm[fm.LIPS_INNER_UPPER[-1], :2]))
-    return shown / max(width, 1.0) / max(float(scale), 1e-6)
-
-
-def open_mouth_gap(image: np.ndarray, face: PortraitFace) -> float:
-    """The portrait's inner lip gap (face units) when its mouth is open: its lip lines part by more than
-    OPEN_PORTRAIT and it shows an interior (visible_interior, at least OPEN_VISIBLE); else 0, closed lips
-    included whatever their landmarks say. The lip lines meeting closes the mouth."""
-    gap = float(_lip_gap(face.canon[None])[0])
-    if gap <= OPEN_PORTRAIT:
-        return 0.0
-    return gap if visible_interior(image, face.landmarks, face.scale) >= OPEN_VISIBLE else 0.0
 
 
 @dataclass
@@ -219,7 +157,7 @@ class WarpRenderer:
     fine nodes and how far the head travels. `mouth`: the mouth model (mouthnet.MouthModel) that paints the
     mouth; None renders the warp alone."""
 
-    def __init__(self, image: np.ndarray, face: PortraitFace, plan: Targets, device: str = "cpu", mouth=None):
+    def __init__(self, image: np.ndarray, face: PortraitFace, plan: FaceTargets, device: str = "cpu", mouth=None):
         import torch
 
         self.torch = torch
@@ -289,7 +227,7 @@ class WarpRenderer:
             self.ident = ident
 
         # mouth
-        self.portrait_gap = float(_lip_gap(face.canon[None])[0])
+        self.portrait_gap = float(lip_gap(face.canon[None])[0])
         self.open_portrait = open_mouth_gap(self.image, face) > 0
         self.mouth = self.mouth_cfg = None
         if mouth is not None:
@@ -306,12 +244,13 @@ class WarpRenderer:
 
         torch, face = self.torch, self.face
         self.mouth_cfg = cfg
-        self.lip_rgb = _lip_colour(self.image, face.landmarks).astype(np.float64)
+        self.lip_rgb = lip_and_skin_colour(self.image, face.landmarks)[0].astype(np.float64)
         own = mouthnet.portrait_crop(self.image, face.landmarks, face.rotation, face.scale, cfg)
         self.portrait_mouth = torch.from_numpy(own).to(self.device)
         a = mouthnet.crop_affine(face.landmarks[None], face.rotation[None], np.array([face.scale]), cfg)
         self.portrait_affine = a[0]
-        self.portrait_lines = np.stack([mouthnet.to_crop(face.landmarks[None, line], a)[0] for line in mouthnet.LIP_LINES])
+        self.portrait_lines = np.stack([mouthnet.to_crop(face.landmarks[None, line], a)[0]
+                                        for line in mouthnet.LIP_LINES])
         poly = face.landmarks[mouthnet.INNER_POLYGON, :2] - self.origin
         mask = np.zeros((self.roi.h, self.roi.w), np.uint8)
         cv2.fillPoly(mask, [np.round(poly * 8).astype(np.int32)], 255, cv2.LINE_AA, shift=3)
@@ -320,7 +259,7 @@ class WarpRenderer:
             self.src_t = torch.cat([self.src_t, torch.from_numpy(self.interior).to(self.device)[None, None]], 1)
             self.image_t = self.full_t.permute(2, 0, 1)[None].float()  # (1, 3, H, W)
 
-    def _plan_patches(self, plan: Targets) -> list[Patch]:
+    def _plan_patches(self, plan: FaceTargets) -> list[Patch]:
         unit, roi = self.unit, self.roi
         lm = plan.landmarks[..., :2] - self.origin  # (T, 478, 2)
         m = PATCH_MARGIN * unit
@@ -340,7 +279,7 @@ class WarpRenderer:
                 Patch.over(box(right_eye), STEP_EYE * unit, size, PATCH_MAX_NODES),
                 Patch.over(box(left_eye), STEP_EYE * unit, size, PATCH_MAX_NODES)]
 
-    def _targets(self, tgt: Targets) -> "torch.Tensor":
+    def _targets(self, tgt: FaceTargets) -> "torch.Tensor":
         from a2pcli.headpose import apply_pose
 
         n = len(tgt)
@@ -350,7 +289,7 @@ class WarpRenderer:
         pts = torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)).to(self.device)
         return torch.cat([pts, self.static[None].expand(n, -1, -1)], 1)  # (B, N, 2)
 
-    def coarse_field(self, tgt: Targets) -> "torch.Tensor":
+    def coarse_field(self, tgt: FaceTargets) -> "torch.Tensor":
         """Backward displacement at the nodes, (B, G, 2) pixels: output + field = portrait position.
 
         A thin-plate spline through the control points, solved per frame in face units."""
@@ -373,7 +312,7 @@ class WarpRenderer:
 
     # ---- frames -----------------------------------------------------------------------------------
 
-    def render(self, tgt: Targets) -> np.ndarray:
+    def render(self, tgt: FaceTargets) -> np.ndarray:
         """(B, H, W, 3) uint8 whole frames."""
         with self.torch.inference_mode():
             field = self.coarse_field(tgt)
@@ -389,12 +328,12 @@ class WarpRenderer:
             out.append(field[:, a:b].reshape(len(field), p.ny, p.nx, 2))
         return out
 
-    def _dense_cpu(self, grids: list[np.ndarray], i: int, box: Region | None = None) -> np.ndarray:
+    def _dense_cpu(self, grids: list[np.ndarray], i: int, box: WorkingRegion | None = None) -> np.ndarray:
         """(h, w, 2) float32: for each pixel of frame i's working region (or of `box` in it), the portrait
         position it shows (working-region pixels)."""
         import cv2
 
-        b = box or Region(0, 0, self.roi.w, self.roi.h)
+        b = box or WorkingRegion(0, 0, self.roi.w, self.roi.h)
         dense = cv2.remap(grids[0][i], *(m[b.y0 : b.y1, b.x0 : b.x1] for m in self.maps[0]), cv2.INTER_LINEAR)
         for p, g, (mx, my), f in zip(self.patches[1:], grids[1:], self.maps[1:], self.feathers[1:]):
             x0, y0, x1, y1 = max(p.x0, b.x0), max(p.y0, b.y0), min(p.x1, b.x1), min(p.y1, b.y1)
@@ -460,7 +399,7 @@ class WarpRenderer:
 
     # ---- mouth ------------------------------------------------------------------------------------
 
-    def mouth_strength(self, tgt: Targets) -> np.ndarray:
+    def mouth_strength(self, tgt: FaceTargets) -> np.ndarray:
         """(B,) float32 0..1: how much of the mouth model's painting each frame gets. A closed portrait: where
         the lips part further than the portrait's (fading in over MOUTH_RAMP); a portrait that shows its mouth
         interior: every frame (its interior must close, open or change)."""
@@ -468,10 +407,10 @@ class WarpRenderer:
 
         if self.open_portrait:
             return np.ones(len(tgt), np.float32)
-        gap = _lip_gap(canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale))
+        gap = lip_gap(canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale))
         return np.clip((gap - self.portrait_gap) / MOUTH_RAMP, 0.0, 1.0).astype(np.float32)
 
-    def _mouth_plan(self, tgt: Targets) -> _MouthPlan | None:
+    def _mouth_plan(self, tgt: FaceTargets) -> _MouthPlan | None:
         """The frames the mouth model paints (mouth_strength), their crops and target lip masks, or None."""
         from a2pcli import mouthnet
 
@@ -483,10 +422,12 @@ class WarpRenderer:
         lm = tgt.landmarks[todo]
         a = mouthnet.crop_affine(lm, tgt.rotation[todo], tgt.scale[todo], cfg)
         src, cover = [], []
-        lines = mouthnet.to_crop(lm[:, np.concatenate(mouthnet.LIP_LINES)], a).reshape(len(todo), len(mouthnet.LIP_LINES), -1, 2)
+        lines = mouthnet.to_crop(lm[:, np.concatenate(mouthnet.LIP_LINES)], a)
+        lines = lines.reshape(len(todo), len(mouthnet.LIP_LINES), -1, 2)
         for j in range(len(todo)):
             at, c = mouthnet.lip_bands(lines[j], self.portrait_lines, cfg.size)
-            src.append(at @ self.portrait_affine[:, :2].T.astype(np.float32) + self.portrait_affine[:, 2].astype(np.float32))
+            pa = self.portrait_affine.astype(np.float32)
+            src.append(at @ pa[:, :2].T + pa[:, 2])
             cover.append(c)
         return _MouthPlan(todo, a, mouthnet.lip_masks(lm, a, cfg.size), strength[todo], np.stack(src), np.stack(cover))
 
@@ -523,7 +464,8 @@ class WarpRenderer:
         ycc = torch.cat([ycc[:, :1], along * hue.view(1, 2, 1, 1)], 1)
         return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), ycc)
 
-    def _mouth_crop_cpu(self, dense: np.ndarray, a: np.ndarray, box: Region | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _mouth_crop_cpu(self, dense: np.ndarray, a: np.ndarray,
+                        box: WorkingRegion | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The warped portrait (S, S, 3) uint8 and the warped interior mask (S, S) float32 in the crop `a`
         (crop -> frame pixels), sampled from the portrait through the frame's dense map (of `box` only, when
         given)."""
@@ -556,8 +498,8 @@ class WarpRenderer:
         h_img, w_img = self.image.shape[:2]
         at = torch.from_numpy(plan.lip_src).to(dev)
         at = at * torch.tensor([2.0 / max(w_img - 1, 1), 2.0 / max(h_img - 1, 1)], device=dev) - 1.0
-        lips_rgb = fnn.grid_sample(self.image_t.expand(len(idx), -1, -1, -1), at, mode="bilinear", padding_mode="border",
-                                   align_corners=True).round()
+        lips_rgb = fnn.grid_sample(self.image_t.expand(len(idx), -1, -1, -1), at, mode="bilinear",
+                                   padding_mode="border", align_corners=True).round()
         delta = self._mouth_delta(src[:, :3].round(), src[:, 3:4], lips_rgb, plan)
         # back into the working region: its normalised coordinates -> frame pixels -> the crop's normalised ones
         w, h = roi.w, roi.h
@@ -568,7 +510,7 @@ class WarpRenderer:
                                align_corners=True)
         out[idx] += fnn.grid_sample(delta, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
-    def mouth_crops(self, tgt: Targets, cfg) -> dict[str, np.ndarray]:
+    def mouth_crops(self, tgt: FaceTargets, cfg) -> dict[str, np.ndarray]:
         """The mouth model's inputs for every frame of `tgt`, from the warp alone (training data; CPU):
         affine (B, 2, 3) crop -> frame pixels, warped (B, S, S, 3) uint8, interior (B, S, S) uint8,
         lips (B, 2, S, S) uint8 (inner, outer), portrait (4, S, S) float32 (mouthnet.portrait_crop)."""
@@ -590,7 +532,7 @@ class WarpRenderer:
                 "portrait": self.portrait_mouth.cpu().numpy()}
 
 
-    def _crop_box(self, a: np.ndarray) -> Region:
+    def _crop_box(self, a: np.ndarray) -> WorkingRegion:
         """The part of the working region (its pixels) that the crop `a` covers, with a pixel to spare."""
         s = self.mouth_cfg.size
         corners = a @ np.array([[0, s - 1, 0, s - 1], [0, 0, s - 1, s - 1], [1, 1, 1, 1]], np.float64)
@@ -598,7 +540,7 @@ class WarpRenderer:
         hi = np.ceil(corners.max(1) - self.origin).astype(int) + 2
         x0, y0 = np.clip(lo, 0, [self.roi.w - 1, self.roi.h - 1])
         x1, y1 = np.clip(hi, [x0 + 1, y0 + 1], [self.roi.w, self.roi.h])
-        return Region(int(x0), int(y0), int(x1), int(y1))
+        return WorkingRegion(int(x0), int(y0), int(x1), int(y1))
 
 
 @dataclass
@@ -629,11 +571,6 @@ def _add_crop(frame: np.ndarray, delta: np.ndarray, a: np.ndarray) -> None:
                        borderMode=cv2.BORDER_CONSTANT)
     box = frame[y0:y1, x0:x1]
     box[:] = np.clip(box + d + 0.5, 0, 255).astype(np.uint8)
-
-
-def _lip_gap(canon: np.ndarray) -> np.ndarray:
-    """Inner lip gap at the middle of the mouth, face units. canon: (T, 478, 3) -> (T,)"""
-    return (canon[:, fm.LIPS_INNER_LOWER[3:-3], 1] - canon[:, fm.LIPS_INNER_UPPER[3:-3], 1]).mean(1)
 
 
 def _blur(x: "torch.Tensor", sigma: float) -> "torch.Tensor":
@@ -672,6 +609,3 @@ def _tps_kernel(r2: "torch.Tensor") -> "torch.Tensor":
     return r2.clamp_min(1e-12).log_().mul_(r2).mul_(0.5)
 
 
-def slice_targets(tgt: Targets, start: int, stop: int) -> Targets:
-    return Targets(tgt.landmarks[start:stop], tgt.rotation[start:stop], tgt.translation[start:stop],
-                   tgt.scale[start:stop])

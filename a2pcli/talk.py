@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from a2pcli import facemesh as fm
+from a2pcli.audio import SAMPLE_RATE
 from a2pcli.headpose import apply_pose
 from a2pcli.motion import Motion
-from a2pcli.retarget import PortraitFace, Targets, _no_crossing, _rotation_power, region_weights
+from a2pcli.retarget import FaceTargets, PortraitFace, expression_weights, no_crossing, rotation_power
 
-SAMPLE_RATE = 16000
 BLINK_DURATION_S = 0.26  # closing is quicker than opening
 BLINK_MIN_GAP_S = 1.2
 BREATH_HZ, BREATH_UNITS = 0.22, 0.006  # a slow rise and fall of the head, face units
@@ -39,8 +39,8 @@ class TalkOptions:
     still: bool = False
     pose_scale: float = 1.0
     expression_scale: float = 1.0
-    blink_rate: float = 17.0  # per minute
-    seed: int = 0
+    blink_rate: float = 17.0  # per minute: a typical adult's spontaneous blink rate in conversation
+    seed: int = 0  # blinks and generated head motion (a pipeline job passes its own seed)
 
 
 def loudness(audio: np.ndarray, fps: float, n: int) -> np.ndarray:
@@ -152,47 +152,12 @@ def template_motion(motion: Motion, n: int, fps: float) -> tuple[np.ndarray, np.
     return rel, shift, expr
 
 
-REST_UPPER_SHARE = 0.35  # of an open mouth's lip gap, the share the upper lip comes down to close it (the rest: the lower lip up)
-REST_CHIN_SHARE = 0.6  # the chin's bottom rises by this share of the lower lip's rise (the jaw closes with it)
-
-
-def closed_rest(open_gap: float, opening_shape: np.ndarray, canon: np.ndarray | None = None) -> np.ndarray:
-    """(478, 3) delta that closes a portrait's open mouth: its lip gap `open_gap` (face units,
-    render.open_mouth_gap; 0 for a closed mouth). The model's lips are relative to a closed mouth at rest: on an
-    open-mouthed portrait they start from this rest, so the mouth closes in silence and between syllables as a
-    speaker's does, instead of never closing further than the portrait.
-
-    With the portrait's canonical landmarks `canon` (478, 3), each lip closes as a whole, its outer line with
-    its inner one, column by column across the mouth: the upper lip comes down by REST_UPPER_SHARE of the gap,
-    the lower lip rises by the rest, and the chin follows the lower lip (less towards its bottom). A smile that
-    shows its teeth closes over them with lips of their own thickness. Without `canon`: the gap taken back
-    along the model's mean opening (`Audio2Motion.opening_shape()`), which moves the inner lip lines only."""
-    gap = float(max(open_gap, 0.0))
-    if canon is None or gap <= 0.0:
-        return (-gap * opening_shape).astype(np.float32)
-    cols = np.clip(canon[fm.LIPS_INNER_LOWER, 1] - canon[fm.LIPS_INNER_UPPER, 1], 0.0, None)  # (11,), corners ~0
-    down, up = REST_UPPER_SHARE * cols, (1.0 - REST_UPPER_SHARE) * cols
-    rest = np.zeros_like(canon, dtype=np.float32)
-    rest[fm.LIPS_INNER_UPPER[1:-1], 1] += down[1:-1]
-    rest[fm.LIPS_OUTER_UPPER[1:-1], 1] += down[1:-1]
-    rest[fm.LIPS_INNER_LOWER[1:-1], 1] -= up[1:-1]
-    rest[fm.LIPS_OUTER_LOWER[1:-1], 1] -= up[1:-1]
-    # the chin: points below the lower lip and between the mouth corners rise with it, less towards the bottom
-    lip_y = float(canon[fm.LIPS_OUTER_LOWER, 1].max())
-    bottom = float(canon[fm.FACE_OVAL, 1].max())
-    left, right = float(canon[fm.LIPS_OUTER_UPPER, 0].min()), float(canon[fm.LIPS_OUTER_UPPER, 0].max())
-    chin = np.setdiff1d(np.flatnonzero((canon[:, 1] > lip_y) & (canon[:, 0] > left) & (canon[:, 0] < right)), fm.LIPS)
-    depth = np.clip((canon[chin, 1] - lip_y) / max(bottom - lip_y, 1e-6), 0.0, 1.0)
-    rest[chin, 1] -= float(up[3:-3].mean()) * (1.0 - (1.0 - REST_CHIN_SHARE) * depth)
-    return rest
-
-
 def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips: np.ndarray, opts: TalkOptions,
                  ref_mean: np.ndarray, template: Motion | None = None,
-                 rest: np.ndarray | None = None) -> tuple[Targets, list[str]]:
+                 rest: np.ndarray | None = None) -> tuple[FaceTargets, list[str]]:
     """Target landmarks and pose for n frames of speech. `lips`: (n, 478, 3) expression deltas from the
     audio2motion model; `rest`: (478, 3) delta from the portrait to the closed mouth they are relative to
-    (closed_rest), None for a portrait whose mouth is closed."""
+    (mouth.closed_rest), None for a portrait whose mouth is closed."""
     notes: list[str] = []
     rng = np.random.default_rng(opts.seed)
     db = loudness(audio, fps, n)
@@ -209,12 +174,12 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
                 notes.append("the template has no expression (an AniPortrait head-pose template): "
                              "--template-region uses its head motion only")
             else:
-                w = region_weights(ref_mean, "eyes")
+                w = expression_weights(ref_mean, "eyes")
                 if opts.template_region == "pose+eyes+brows":
                     brows = np.zeros_like(w)
                     brows[np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW, fm.FOREHEAD])] = 1.0
                     w = np.maximum(w, brows)
-                lips_w = region_weights(ref_mean, "lips")
+                lips_w = expression_weights(ref_mean, "lips")
                 expr_w = (w * (1 - lips_w))[None, :, None]  # the lips always follow the speech
         if len(template) * fps / template.fps < n:
             notes.append("the head-motion template is shorter than the audio: it is played back and forth")
@@ -222,7 +187,7 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
         from a2pcli.headpose import matrix_from_euler
 
         rel = matrix_from_euler(generated_head(db, fps, rng))
-    rel = _rotation_power(rel.astype(np.float32), opts.pose_scale) if not opts.still else rel
+    rel = rotation_power(rel.astype(np.float32), opts.pose_scale) if not opts.still else rel
     t = np.arange(n) / fps
     shift = shift * opts.pose_scale
     shift[:, 1] += BREATH_UNITS * np.sin(2 * np.pi * BREATH_HZ * t)
@@ -239,6 +204,6 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
         canon += blink_delta(face.canon, closure[a:b])
         if expr_w is not None:
             canon += expr[a:b] * expr_w
-        canon = _no_crossing(canon)
+        canon = no_crossing(canon)
         lm[a:b] = apply_pose(canon.astype(np.float32), rot[a:b], trans[a:b], scale[a:b])
-    return Targets(lm, rot, trans, scale), notes
+    return FaceTargets(lm, rot, trans, scale), notes

@@ -1,36 +1,38 @@
 """Contact sheets: look at audio2video output as a user would.
 
-For each (portrait, speech) pair, renders the first seconds with `a2p audio2video`, then writes one
+For each (portrait, speech) pair, renders the first seconds with audio2video (the library call), then writes one
 PNG: a row of frames every `--step` seconds (face crop, full resolution), and under it two curves
 over the same time axis: the speech loudness (dB, grey) and the output's mouth opening measured by
 MediaPipe on the rendered video (inner-lip gap over eye-corner distance, red). Pauses in the speech
 must show a closed mouth; syllables must open it.
 
     python benchmarks/contact_sheet.py PORTRAIT SPEECH [PORTRAIT SPEECH ...] [--seconds 4] [--out sheets] [--mouth]
+        [--mouth-model DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's a2p
 
-def render(portrait: Path, speech: Path, seconds: float, tmp: Path, extra: list[str] = ()) -> Path:
-    import soundfile as sf
 
-    from a2pcli.encode import load_audio
+def render(portrait: Path, speech: Path, seconds: float, tmp: Path, mouth_model: str | None = None) -> Path:
+    """The first `seconds` of `speech` spoken by `portrait` (audio2video, seed 0, at most 512 px), into `tmp`."""
+    from a2pcli import OutputOptions, PortraitOptions, RenderOptions, TalkJob, audio2video
+    from a2pcli.audio import SAMPLE_RATE, load_audio, write_wav
 
-    audio = load_audio(speech, 16000, duration_s=seconds)
-    cut = tmp / f"{speech.stem}.wav"
-    sf.write(cut, audio, 16000)
+    audio = load_audio(speech, SAMPLE_RATE, duration_s=seconds)
+    cut = write_wav(tmp / f"{speech.stem}.wav", audio)
     out = tmp / f"{portrait.stem}_{speech.stem}.mp4"
-    subprocess.run([sys.executable, "-m", "a2pcli", "audio2video", str(portrait), str(cut), "-o", str(out),
-                    "--max-size", "512", "--seed", "0", "--progress", "none", "--overwrite", *extra], check=True)
+    job = TalkJob(seed=0, portrait=PortraitOptions(max_size=512), render=RenderOptions(mouth_model=mouth_model),
+                  output=OutputOptions(overwrite=True))
+    audio2video(portrait, cut, out, job)
     return out
 
 
@@ -38,7 +40,7 @@ def sheet(video: Path, speech: Path, seconds: float, step: float, label: str, mo
     import cv2
     import imageio_ffmpeg
 
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import SAMPLE_RATE, load_audio
     from a2pcli.landmarks import FaceMeshDetector, mouth_opening
 
     gen = imageio_ffmpeg.read_frames(str(video))
@@ -79,7 +81,7 @@ def sheet(video: Path, speech: Path, seconds: float, step: float, label: str, mo
         row = np.concatenate([row, np.concatenate(zoom, axis=1)], axis=0)
     width = row.shape[1]
 
-    audio = load_audio(speech, 16000, duration_s=seconds)
+    audio = load_audio(speech, SAMPLE_RATE, duration_s=seconds)
     hop = 160
     n = len(audio) // hop
     rms = np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
@@ -94,7 +96,7 @@ def sheet(video: Path, speech: Path, seconds: float, step: float, label: str, mo
         ys = (plot_h - 6 - (np.clip(values[ok], lo, hi) - lo) / (hi - lo) * (plot_h - 12)).astype(np.int32)
         cv2.polylines(plot, [np.stack([xs, ys], 1)], False, colour, 1, cv2.LINE_AA)
 
-    polyline(db, np.arange(n) * hop / 16000, -60.0, 0.0, (150, 150, 150))
+    polyline(db, np.arange(n) * hop / SAMPLE_RATE, -60.0, 0.0, (150, 150, 150))
     top = np.nanmax(opening) if np.isfinite(opening).any() else 1.0
     polyline(opening, np.arange(len(opening)) / fps, 0.0, max(top, 0.05), (220, 30, 30))
     for i in range(1, len(tiles)):
@@ -111,8 +113,8 @@ def main() -> int:
     ap.add_argument("--step", type=float, default=0.2, help="seconds between frames on the sheet")
     ap.add_argument("--out", type=Path, default=Path("sheets"))
     ap.add_argument("--mouth", action="store_true", help="add a row of the mouth, magnified")
-    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                    help="more audio2video options, e.g. --extra --mouth-model DIR (last on the line)")
+    ap.add_argument("--mouth-model", default=None, help="the mouth model: a registry name or a folder (default: "
+                    "the shipped one)")
     args = ap.parse_args()
     if len(args.pairs) % 2:
         ap.error("give PORTRAIT SPEECH pairs")
@@ -121,7 +123,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as td:
         for portrait, speech in zip(args.pairs[::2], args.pairs[1::2]):
-            video = render(portrait, speech, args.seconds, Path(td), args.extra)
+            video = render(portrait, speech, args.seconds, Path(td), args.mouth_model)
             img = sheet(video, speech, args.seconds, args.step, f"{portrait.name} + {speech.name}", args.mouth)
             dest = args.out / f"{portrait.stem}__{speech.stem}.png"
             cv2.imwrite(str(dest), img[..., ::-1])

@@ -12,10 +12,10 @@ portrait's unmoved mouth (the first frame repeated), for scale. The crop: centre
 CROP_WIDTHS times the real mouth's width on a side. A frame counts when the real inner-lip gap exceeds the
 portrait's by more than --open-margin face units (a mouth "clearly wider" than the portrait's).
 
-It calls only `load_portrait` and `render_frames`, so it also measures an older a2p (put its package first on
-PYTHONPATH): that is how the drawn mouth interior it replaced is measured. --compare reads two such runs and
-checks the product's bar: the second better than the first on at least 80 % of the clips, and on average by
-at least 0.04 SSIM and 1.5 dB; its sharpness 0.7-1.3 on average.
+It calls only the library pipeline (`load_portrait`, `motion_targets`, `render_frames`). The drawn mouth interior
+that the model replaced was measured by an earlier version of this script on the a2p version before the model.
+--compare reads two such runs and checks the product's bar: the second better than the first on at least 80 % of
+the clips, and on average by at least 0.04 SSIM and 1.5 dB; its sharpness 0.7-1.3 on average.
 
 Default clips: the held-out speakers of models/audio2motion's card (none of them trains the mouth model).
 Shared material: A2P_SHARED or ../shared. Frames are read from the clip, landmarks from --poses (a2p
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's a2p
 
 import quality as q  # noqa: E402
 
@@ -111,9 +112,12 @@ def evaluate_clip(video: Path, poses: list[Path], frames: int, max_side: int, ma
                   mouth_model: str | None, keep: Path | None) -> dict:
     from PIL import Image
 
-    from a2pcli.animate import AnimateOptions, PortraitOptions, load_portrait, render_frames
     from a2pcli.headpose import canonical
-    from a2pcli.render import _lip_gap
+    from a2pcli.mouth import lip_gap
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.pipeline.reenact import motion_targets
+    from a2pcli.pipeline.renderers import render_frames
+    from a2pcli.retarget import RetargetOptions
 
     t0 = time.perf_counter()
     real, first, motion, lm_scale, size = load_clip(video, poses, frames, max_side)
@@ -123,16 +127,16 @@ def evaluate_clip(video: Path, poses: list[Path], frames: int, max_side: int, ma
         portrait = load_portrait(png, PortraitOptions(crop=False, max_size=max_side))
     if not np.array_equal(portrait.image, real[0]):
         raise RuntimeError("real frame 0 and the portrait differ: the comparison would be misaligned")
-    gap = _lip_gap(canonical(motion.landmarks, motion.rotation, motion.translation, motion.scale))
+    gap = lip_gap(canonical(motion.landmarks, motion.rotation, motion.translation, motion.scale))
     usable = np.asarray(motion.valid, bool) & ~np.asarray(motion.filled, bool)
-    opened = usable & (gap > float(_lip_gap(portrait.face.canon[None])[0]) + margin)
+    opened = usable & (gap > float(lip_gap(portrait.face.canon[None])[0]) + margin)
     opened[0] = False
-    opts = AnimateOptions(region="all") if mouth_model is None else AnimateOptions(region="all", mouth_model=mouth_model)
+    tgt = motion_targets(portrait, motion, RetargetOptions(region="all")).slice(0, len(real))
     lm_real = motion.landmarks * lm_scale
     rows = {k: [] for k in ("ssim", "psnr", "ssim_still", "psnr_still", "lap", "lap_real", "interior_luma")}
     picked = []
     i = 0
-    for chunk in render_frames(portrait, motion, opts, n=len(real), device=device):
+    for chunk in render_frames(portrait, tgt, device=device, mouth_model=mouth_model):
         for out in chunk:
             box = mouth_box(lm_real[i], out.shape) if opened[i] else None
             if box is not None:

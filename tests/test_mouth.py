@@ -1,6 +1,7 @@
 """The mouth model: the shipped one paints the mouth of embedded renders (and nothing else), a missing or
 corrupt model stops a render with a clear error, silence closes a portrait's mouth that shows its teeth, and
-the tiny training preset runs the whole loop (prepare, train, checkpoint, resume, export, load)."""
+the tiny training preset runs the whole loop (prepare, train, checkpoint, resume, export, load): on synthetic
+samples without media, and from real talking clips when ../shared is there."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import pytest
 from a2pcli import facemesh as fm
 from a2pcli.errors import ModelError
 from a2pcli.mouthnet import CONFIG_FILE, WEIGHTS_FILE, load_model
-from tests.conftest import SHARED, ffmpeg_exe, media, run_a2p
+from tests.conftest import EXAMPLE_PORTRAIT, SHARED, ffmpeg_exe, media, run_a2p
 from tests.test_audio2video import mouth_series, run_ok, speech_wav  # noqa: F401  (fixture)
 
 
 def _load(path: Path, size: int = 256):
-    from a2pcli.animate import PortraitOptions, load_portrait
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
 
     return load_portrait(path, PortraitOptions(crop=True, size=size))
 
@@ -29,7 +30,7 @@ def _opening_targets(face, opening: float, n: int = 3):
     """n frames of the portrait's own pose, the lips parting linearly up to `opening` face units (the jaw
     and the lower lip move down)."""
     from a2pcli.headpose import apply_pose, load_reference
-    from a2pcli.retarget import Targets
+    from a2pcli.retarget import FaceTargets
 
     ref = load_reference().mean
     lower = ref[:, 1] > ref[fm.LIPS_INNER_LOWER, 1].min() - 0.01  # the lower lip and what lies below it
@@ -39,7 +40,7 @@ def _opening_targets(face, opening: float, n: int = 3):
     rot = np.repeat(face.rotation[None], n, 0)
     trans = np.repeat(face.translation[None], n, 0)
     scale = np.full(n, face.scale, np.float32)
-    return Targets(apply_pose(canon, rot, trans, scale), rot, trans, scale)
+    return FaceTargets(apply_pose(canon, rot, trans, scale), rot, trans, scale)
 
 
 def test_a_render_paints_the_mouth_with_the_shipped_model_and_nothing_else():
@@ -47,7 +48,7 @@ def test_a_render_paints_the_mouth_with_the_shipped_model_and_nothing_else():
     pink band); every pixel away from the mouth is the warp's."""
     from a2pcli.render import WarpRenderer
 
-    p = _load(media("sadtalker_happy.png"))
+    p = _load(media("sadtalker_happy.png", EXAMPLE_PORTRAIT))
     tgt = _opening_targets(p.face, 0.15)
     model = load_model()
     assert model.path is not None and model.path.name == "mouth"
@@ -128,8 +129,8 @@ def test_a_render_with_a_corrupt_mouth_model_exits_4_naming_models_verify(tmp_pa
     pose = tmp_path / "still.pose"
     save_pose(motion, pose)
     out = tmp_path / "out.mp4"
-    proc = run_a2p("pose2vid", media("sadtalker_happy.png"), pose, "-o", out, "--crop", "--size", "128",
-                   "--mouth-model", folder, "--device", "cpu", "--progress", "none")
+    proc = run_a2p("pose2vid", media("sadtalker_happy.png", EXAMPLE_PORTRAIT), pose, "-o", out, "--crop", "--size",
+                   "128", "--mouth-model", folder, "--device", "cpu", "--progress", "none")
     assert proc.returncode == 4, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "a2p models verify" in errors[0] and WEIGHTS_FILE in errors[0], proc.stderr
@@ -157,8 +158,89 @@ def test_silence_closes_a_portrait_mouth_that_shows_its_teeth(capsys, tmp_path, 
 # --- training ------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def synthetic_clips(tmp_path):
+    """Two speakers' stand-in clips with their mouth samples in the data cache (no media needed)."""
+    from a2pcli.train.clips import data_cache_dir
+    from a2pcli.train.mouth.synthetic import make_synthetic_samples
+    from a2pcli.train.synthetic import make_synthetic_data
+
+    root = tmp_path / "clips"
+    sources = make_synthetic_data(root, data_cache_dir(), speakers=2, clips_per_speaker=1, seconds=1.0)
+    make_synthetic_samples(sources, data_cache_dir())
+    return root
+
+
+def test_tiny_mouth_preset_trains_checkpoints_resumes_and_loads(synthetic_clips, tmp_path):
+    import torch
+
+    from a2pcli.render import WarpRenderer
+
+    out = tmp_path / "model"
+    args = ["train", "mouth", "--data", synthetic_clips, "-o", out, "--preset", "tiny", "--device", "cpu",
+            "--val-speakers", "spk01", "--json"]
+    proc = run_a2p(*args, check=0)
+    s = json.loads(proc.stdout)
+    assert s["epochs"] == 2 and s["steps"] == 6
+    assert s["data"]["train"]["speakers"] == 1 and s["data"]["val"]["speakers"] == 1
+    assert "epoch 2/2" in proc.stderr and s["validation"]["val_samples"] > 0
+    ckpt = out / "checkpoints" / "last.pt"
+    assert ckpt.is_file()
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and log[-1]["train_adv"] != 0  # the adversarial term has started
+
+    proc = run_a2p(*args, "--resume", out, "--epochs", "3", check=0)
+    s = json.loads(proc.stdout)
+    assert s["epochs"] == 3 and s["steps"] == 9 and "resumed from" in proc.stderr
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled objects in a checkpoint
+    assert state["trainer"] == "mouth" and {"model", "ema", "optimizer", "tensors"} <= set(state)
+    assert any(k.startswith("disc.") for k in state["tensors"]), "the discriminator is checkpointed"
+    assert json.loads(state["meta"])["step"] == 9
+
+    model = load_model(str(out))
+    assert model.config.size == 32
+    p = _load(media("sadtalker_happy.png", EXAMPLE_PORTRAIT), 128)
+    tgt = _opening_targets(p.face, 0.15, 2)
+    frames = WarpRenderer(p.image, p.face, tgt, mouth=model).render(tgt)
+    assert frames.shape == (2, 128, 128, 3)
+
+
+def test_an_interrupted_mouth_run_resumes_to_the_same_weights(synthetic_clips, tmp_path):
+    """Three epochs in one go, and three interrupted after the first and resumed, give the same weights (the
+    discriminator and its optimiser are resumed too)."""
+    from safetensors.torch import load_file
+
+    from a2pcli.progress import Reporter
+    from a2pcli.train.core import TrainOptions
+    from a2pcli.train.mouth import train
+
+    def stop_after_first_epoch(ev):
+        if ev["event"] == "info" and ev["message"].startswith("epoch 1/3"):
+            raise KeyboardInterrupt
+
+    def run(out, reporter, resume=None):
+        return train(TrainOptions(data=(synthetic_clips,), output=out, preset="tiny", epochs=3,
+                                  val_speakers=("spk01",), resume=resume, device="cpu"), reporter)
+
+    run(tmp_path / "once", Reporter())
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "twice", Reporter(stop_after_first_epoch))
+    assert not (tmp_path / "twice" / WEIGHTS_FILE).exists()
+    run(tmp_path / "twice", Reporter(), resume=tmp_path / "twice")
+    a, b = (load_file(str(tmp_path / d / WEIGHTS_FILE)) for d in ("once", "twice"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_resume_needs_a_mouth_checkpoint(synthetic_clips, tmp_path):
+    bogus = tmp_path / "last.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    proc = run_a2p("train", "mouth", "--data", synthetic_clips, "-o", tmp_path / "m", "--preset", "tiny",
+                   "--device", "cpu", "--resume", bogus)
+    assert proc.returncode == 2 and "checkpoint" in proc.stderr and not (tmp_path / "m").exists()
+
+
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
+def real_clips(tmp_path_factory):
     """Two 1-s talking clips cut from a shared video, as two 'speakers'."""
     src = media("sadtalker_WDA_KatieHill_000.mp4")
     root = tmp_path_factory.mktemp("mouth-data") / "clips"
@@ -171,41 +253,35 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_tiny_mouth_preset_trains_checkpoints_resumes_and_loads(tiny_data, tmp_path):
-    import torch
+def test_real_clips_are_prepared_once_into_the_shared_cache_and_train(real_clips, tmp_path):
+    """From videos: the renderer's own warp against the real frames, cached; a second run reads the cache."""
+    from a2pcli.progress import Reporter
+    from a2pcli.train.clips import data_cache_dir
+    from a2pcli.train.core import TrainOptions
+    from a2pcli.train.mouth import prepare_data, train
 
-    from a2pcli.render import WarpRenderer
+    opts = TrainOptions(data=(real_clips,), output=tmp_path / "model", preset="tiny", val_speakers=("spk_b",),
+                        device="cpu")
+    found = prepare_data(opts, Reporter())
+    assert found["clips"] == 2 and found["samples"] > 0
+    entries = set(data_cache_dir().glob("*.npz"))
+    s = train(opts, Reporter())
+    assert s["steps"] == 6 and set(data_cache_dir().glob("*.npz")) == entries  # nothing prepared again
+    assert load_model(str(tmp_path / "model")).config.size == 32
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_mouth_model_in_two_processes_and_writes_once(synthetic_clips, tmp_path):
+    """Two gloo processes on the CPU: each its share of the clips, the network's and the discriminator's
+    gradients averaged (the core checks that the processes keep the same weights), rank 0 alone writes."""
+    from tests.test_train_ddp import TINY, torchrun
 
     out = tmp_path / "model"
-    args = ["train", "mouth", "--data", tiny_data, "-o", out, "--preset", "tiny", "--device", "cpu",
-            "--val-speakers", "spk_b", "--json"]
-    proc = run_a2p(*args, check=0)
+    proc = torchrun("train", "mouth", "--data", synthetic_clips, "-o", out, *TINY, "--json")
+    assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
-    assert s["epochs"] == 2 and s["steps"] == 6
-    assert s["data"]["train"]["speakers"] == 1 and s["data"]["val"]["speakers"] == 1
-    assert "epoch 2/2" in proc.stderr
-    ckpt = out / "checkpoints" / "last.pt"
-    assert ckpt.is_file() and len(list((out / "cache").glob("*.npz"))) == 2
+    assert s["steps"] == 6 and "x 2 processes" in proc.stderr
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2]
-
-    proc = run_a2p(*args, "--resume", out, "--epochs", "3", check=0)
-    s = json.loads(proc.stdout)
-    assert s["epochs"] == 3 and s["steps"] == 9 and "resumed from" in proc.stderr
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled objects in a checkpoint
-    assert state["epoch"] == 3 and state["step"] == 9 and {"model", "optimizer", "preset"} <= set(state)
-
-    model = load_model(str(out))
-    assert model.config.size == 32
-    p = _load(media("sadtalker_happy.png"), 128)
-    tgt = _opening_targets(p.face, 0.15, 2)
-    frames = WarpRenderer(p.image, p.face, tgt, mouth=model).render(tgt)
-    assert frames.shape == (2, 128, 128, 3)
-
-
-def test_resume_needs_a_mouth_checkpoint(tiny_data, tmp_path):
-    bogus = tmp_path / "last.pt"
-    bogus.write_bytes(b"not a checkpoint")
-    proc = run_a2p("train", "mouth", "--data", tiny_data, "-o", tmp_path / "m", "--preset", "tiny", "--device", "cpu",
-                   "--resume", bogus)
-    assert proc.returncode == 2 and "checkpoint" in proc.stderr
+    assert [r["epoch"] for r in log] == [1, 2] and log[-1]["train_disc"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", CONFIG_FILE, WEIGHTS_FILE, "train_log.jsonl"]
+    assert load_model(str(out)).config.size == 32

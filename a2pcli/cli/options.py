@@ -35,8 +35,3 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice 
 Model = Annotated[
     Optional[str], typer.Option("--model", help="A registry name (see `a2p models list`) or a local path.")
 ]
-MouthModelOpt = Annotated[
-    Optional[str],
-    typer.Option("--mouth-model", help="The embedded renderer's mouth model: a registry name or a folder from "
-                 "`a2p train mouth` (default: the shipped one)."),
-]
