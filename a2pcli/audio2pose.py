@@ -9,8 +9,8 @@ in face units (the outer eye corners 1 apart; image axes, y down), RELATIVE to t
 about zero-mean over a few seconds, so the portrait keeps its pose on average.
 
 Stochastic: several plausible motions fit the same speech; `seed` (mixed with the speech, noise_seed) picks
-one. The same seed and speech give the same motion (the noise comes from numpy's seeded generator, the same on every machine; the
-network's float32 arithmetic may differ in the last bits between CPUs).
+one. The same seed and speech give the same motion (the noise comes from numpy's seeded generator, the same on
+every machine; the network's float32 arithmetic may differ in the last bits between CPUs).
 
 How: a conditional flow-matching model (rectified flow). Speech features at 100 Hz (normalised log-mel,
 a2pcli.features, averaged into coarser bands, and loudness / pitch / voicing, a2pcli.prosody) -> an audio

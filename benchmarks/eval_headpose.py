@@ -16,8 +16,8 @@ long: --minutes of speech (the corpus's speech files one after another): no drif
   last minute against the first's, per seed), and the time and peak-memory increase of the motion stage
   (features + network) in this process.
 rendered: like for like through the renderer: the clip's first frame is the portrait, audio2video (the
-  library's pipeline) renders its speech with the model (seed 0) and with the rule, MediaPipe reads the head pose of the videos
-  and it is measured as the real clip's is (landmark noise included on both sides).
+  library's pipeline) renders its speech with the model (seed 0) and with the rule, MediaPipe reads the
+  head pose of the videos and it is measured as the real clip's is (landmark noise included on both sides).
 """
 
 from __future__ import annotations

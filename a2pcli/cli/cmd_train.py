@@ -213,8 +213,8 @@ def _human_audio2pose(s: dict) -> str:
     metrics = ""
     if "val_model_std_ratio" in v:
         fmt = lambda x: "/".join(f"{a:.2f}" for a in x)  # noqa: E731
-        metrics = (f"; held out: spread x{fmt(v['val_model_std_ratio'])} and speed x{fmt(v['val_model_velocity_ratio'])} "
-                   f"of the real motion (yaw/pitch/roll), head speed vs speech onsets r {v['val_model_onset_r']:.3f} "
+        metrics = (f"; held out: spread x{fmt(v['val_model_std_ratio'])} and speed "
+                   f"x{fmt(v['val_model_velocity_ratio'])} of the real motion (yaw/pitch/roll), head speed vs speech onsets r {v['val_model_onset_r']:.3f} "
                    f"(real {v['val_real_onset_r']:.3f})")
     d = s["data"]
     return (f"{s['output']}: {s['epochs']} epochs ({s['steps']} steps) on {d['train']['clips']} clips of "

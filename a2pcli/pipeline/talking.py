@@ -4,9 +4,9 @@
     run = audio2video_pairs([a.png, b.png], [one.wav, two.wav], Path("outdir"), job)   # every pair
 
 Per speech input: read the audio, turn it into motion (audio2motion's lips and audio2pose's head motion, or
-AniPortrait's audio2mesh and audio2pose); per portrait: find its face; per pair: the target landmarks (lips, blinks, breathing, head
-motion: talk.talk_targets), rendered and encoded. In a run of several pairs each speech input is read and
-turned into motion once, each portrait found once, the models loaded once.
+AniPortrait's audio2mesh and audio2pose); per portrait: find its face; per pair: the target landmarks (lips,
+blinks, breathing, head motion: talk.talk_targets), rendered and encoded. In a run of several pairs each speech
+input is read and turned into motion once, each portrait found once, the models loaded once.
 """
 
 from __future__ import annotations

@@ -189,7 +189,8 @@ def load_dataset(path: Path) -> list[PoseClip]:
     pose_at = np.concatenate([[0], np.cumsum(d["pose_len"])])
     feat_at = np.concatenate([[0], np.cumsum(d["feat_len"])])
     if not (len(d["speakers"]) == len(d["fps"]) == len(d["pose_len"]) == len(d["feat_len"]) == n
-            and pose_at[-1] == len(d["pose"]) == len(d["valid"]) and feat_at[-1] == len(d["logmel"]) == len(d["prosody"])
+            and pose_at[-1] == len(d["pose"]) == len(d["valid"])
+            and feat_at[-1] == len(d["logmel"]) == len(d["prosody"])
             and d["pose"].ndim == 2 and d["pose"].shape[1] == 5 and d["logmel"].ndim == 2
             and d["logmel"].shape[1] == features.N_MELS and d["prosody"].shape[1:] == (prosody.N_PROSODY,)):
         raise bad("its arrays do not fit together")
