@@ -21,7 +21,7 @@ def test_avi_output_is_an_avi_that_plays_with_its_sound(tmp_path):
     import imageio_ffmpeg
 
     frames, _ = imageio_ffmpeg.count_frames_and_secs(str(out))
-    assert frames == summary["frames"] == 120  # the 4-second example motion at 30 fps
+    assert frames == summary["outputs"][0]["frames"] == 120  # the 4-second example motion at 30 fps
 
 
 def test_an_extension_a2p_cannot_write_is_refused_in_one_line(tmp_path):

@@ -1,9 +1,10 @@
 """`a2p batch jobs.jsonl -o outdir/`: a manifest of jobs, one JSON object per line (a2pcli.pipeline.manifest).
 
 Each line names its command, its inputs by name and any option by its long flag name; it is read exactly
-as the command's own flags are (the command's parser checks types, ranges and choices), so an option means
-the same in a manifest as on the command line. Under torchrun, or as a scheduler's array task (--shard), each
-process runs its share (a2pcli.pipeline.shards); `run_jobs` is also how `a2p audio2video` runs under torchrun.
+as the command's own flags are (the command's parser checks types and choices, the job it makes every number's
+range), so an option means the same in a manifest as on the command line. Under torchrun, or as a scheduler's
+array task (--shard), each process runs its share (a2pcli.pipeline.shards); `run_jobs` is also how
+`a2p audio2video` runs under torchrun.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import typer
 from a2pcli.cli.options import JsonOut, Overwrite, Progress, ProgressMode, Quiet
 from a2pcli.errors import A2PError, InputError, OutputError
 
-NOT_IN_A_MANIFEST = ("--output", "--json", "--progress", "--quiet", "--overwrite", "--meta")  # the batch's own
+# the batch's own; and --split: a batch gives each job one process (one clip on several: a command under torchrun)
+NOT_IN_A_MANIFEST = ("--output", "--json", "--progress", "--quiet", "--overwrite", "--meta", "--split")
 OUTPUT_OPTIONS = ("--frames-dir",)  # paths of outputs: relative to -o (inputs: to the manifest's folder)
 
 

@@ -74,6 +74,7 @@ from typing import Protocol
 
 import numpy as np
 
+from a2pcli import limits
 from a2pcli.errors import A2PError, InputError, OutputError
 from a2pcli.launch import Launch, join_process_group, launch_from_env, too_few_gpus
 from a2pcli.progress import Reporter
@@ -148,8 +149,7 @@ def check_options(opts: TrainOptions, presets: Iterable[str]) -> None:
             raise InputError(f"must be a whole number from 1 to 1000000, got {value}", subject=flag)
     if opts.lr is not None and not (math.isfinite(opts.lr) and 0 < opts.lr <= 1):
         raise InputError(f"must be a number above 0 and at most 1, got {opts.lr}", subject="--lr")
-    if not 0 <= opts.seed < 2**63:
-        raise InputError(f"must be a whole number, 0 or more, got {opts.seed}", subject="--seed")
+    limits.SEED.check("--seed", opts.seed)  # the same range as every command's --seed
     if opts.val_speakers is not None and not any(s.strip() for s in opts.val_speakers):
         raise InputError("names no speaker", subject="--val-speakers", remedy="e.g. --val-speakers spk01,spk07")
     own = resumes_own_folder(opts.resume, opts.output)
