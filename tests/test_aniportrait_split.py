@@ -98,15 +98,17 @@ def test_two_processes_render_one_clip_as_one_process_does(clip, single, tmp_pat
     assert fx.video_frames(out / "clip.mp4").shape == (FRAMES, 64, 64, 3)
 
 
-@pytest.mark.parametrize("rank", [0, 1])
-def test_one_clip_under_torchrun_needs_the_diffusion_renderer(tmp_path, rank):
+@pytest.mark.parametrize("command,rank", [("pose2vid", 0), ("pose2vid", 1), ("audio2video", 0)])
+def test_one_clip_under_torchrun_needs_the_diffusion_renderer(tmp_path, command, rank):
     """Refused before the processes meet: each process of `torchrun --nproc-per-node 2` as torchrun starts it
-    (rank 0 says why; the other exits with the same code, quietly)."""
+    (rank 0 says why; the other exits with the same code, quietly). audio2video with one portrait and one speech
+    file is one clip too (several are shared out over the processes)."""
     motion = tmp_path / "turn.npy"
     np.save(motion, np.load(ROOT / "examples" / "head_motion.npy")[:FRAMES])
     out = tmp_path / "clip.mp4"
     env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
-    proc = run("pose2vid", media("sadtalker_happy.png"), motion, "-o", out, "--crop", "--size", "96", env=env)
+    driver = motion if command == "pose2vid" else ROOT / "examples" / "speech.flac"
+    proc = run(command, media("sadtalker_happy.png"), driver, "-o", out, "--crop", "--size", "96", env=env)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     if rank == 0:
@@ -160,3 +162,16 @@ def test_a_guidance_split_needs_guidance_and_pairs_of_processes():
         check_split("cfg", 2, 1.0)
     with pytest.raises(InputError, match="unknown --split"):
         check_split("rows", 2, 3.5)
+
+
+def test_the_api_refuses_an_unknown_split_and_a_split_of_the_embedded_renderer():
+    from a2pcli.aniportrait.render import DiffusionOptions
+    from a2pcli.errors import InputError
+    from a2pcli.pipeline.options import RendererName, RenderOptions, check_render
+
+    check_render(RenderOptions(renderer=RendererName.aniportrait, diffusion=DiffusionOptions(split="cfg")), 512)
+    with pytest.raises(InputError, match="unknown --split 'rows'"):
+        check_render(RenderOptions(renderer=RendererName.aniportrait, diffusion=DiffusionOptions(split="rows")), 512)
+    with pytest.raises(InputError) as exc:
+        check_render(RenderOptions(diffusion=DiffusionOptions(split="windows")), 512)
+    assert exc.value.one_line().startswith("--split: is an option of the diffusion renderer")
