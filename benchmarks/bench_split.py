@@ -1,6 +1,7 @@
-"""One clip of the diffusion renderer on one GPU against the same clip under torchrun: with one process (the
-cost of the torchrun path: its start-up, nothing split) and with N processes, one GPU each, that split every
-denoising step between them (a2pcli.aniportrait.split). Full size with random weights (they time the same as the
+"""One clip of the diffusion renderer: plain on one GPU, through torchrun with one process and with N.
+
+The same clip under torchrun with one process (the cost of the torchrun path: its start-up, nothing split)
+and with N processes, one GPU each, that split every denoising step between them (a2pcli.aniportrait.split). Full size with random weights (they time the same as the
 released ones): 90 frames at 512x512, 25 steps, CFG 3.5, fp16.
 
     python benchmarks/bench_split.py [--procs 1 N] [--split auto] [--frames 90] [--steps 25] [--size 512]

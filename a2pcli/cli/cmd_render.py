@@ -298,8 +298,8 @@ def audio2video(
     Every portrait speaks every audio file, one video each, in one process (models loaded once). The
     --model default is the shipped audio2motion model. Under torchrun (torchrun --nproc-per-node N -m a2pcli
     audio2video ... -o outdir/) the pairs are shared out over the processes, one GPU each, as `a2p batch`
-    shares a manifest: pairs already made (video and sidecar) are skipped. One pair with --renderer aniportrait
-    under torchrun is rendered by every process together (see --split).
+    shares a manifest: pairs already made (video and sidecar) are skipped. One pair under torchrun is one clip:
+    with --renderer aniportrait every process renders it together (see --split); the embedded renderer refuses.
 
     Example: a2p audio2video face.jpg speech.wav -o talk.mp4
     """
