@@ -16,13 +16,14 @@ class Models:
     """audio2motion, audio2pose and mouth models (by name and device), the face reference, and one set of
     AniPortrait networks (by weights, dtype and device; a different set replaces it)."""
 
-    def __init__(self):
+    def __init__(self, clip_group=None):
         self._audio2motion: dict[tuple[str, str], object] = {}
         self._audio2pose: dict[tuple[str, str], object] = {}
         self._mouth: dict[tuple[str, str], object] = {}
         self._reference = None
         self._aniportrait_key: tuple | None = None
         self._aniportrait = None
+        self.clip_group = clip_group  # aniportrait.split.ClipGroup: the processes that render each clip together
 
     def audio2motion(self, name_or_path: str | None = None, device: str = "cpu"):
         """audio2motion.Audio2Motion: the shipped model, a registry name or a model folder (verified when loaded)."""

@@ -196,10 +196,12 @@ def check_render_values(render: RenderOptions) -> None:
 def check_render(render: RenderOptions, size: int) -> None:
     """The renderer's options: each renderer's own are refused with the other one."""
     from a2pcli.aniportrait.config import SCHEDULERS
+    from a2pcli.aniportrait.split import SPLIT_MODES
 
     d = render.diffusion
     if render.renderer != RendererName.aniportrait:
-        for flag, used in (("--acc", d.acc != DiffusionOptions.acc), ("--compile", d.compile)):
+        for flag, used in (("--acc", d.acc != DiffusionOptions.acc), ("--compile", d.compile),
+                           ("--split", d.split != DiffusionOptions.split)):
             if used:
                 raise InputError("is an option of the diffusion renderer", subject=flag,
                                  remedy="add --renderer aniportrait, or leave it out")
@@ -211,6 +213,9 @@ def check_render(render: RenderOptions, size: int) -> None:
     if d.scheduler not in SCHEDULERS:
         raise InputError(f"unknown --scheduler {d.scheduler!r}", subject="--scheduler",
                          remedy=f"use {', '.join(SCHEDULERS[:-1])} or {SCHEDULERS[-1]}")
+    if d.split not in SPLIT_MODES:
+        raise InputError(f"unknown --split {d.split!r}", subject="--split",
+                         remedy=f"use {', '.join(SPLIT_MODES[:-1])} or {SPLIT_MODES[-1]}")
     if d.dtype not in DTYPE_CHOICES:
         raise InputError(f"unknown --dtype {d.dtype!r}", subject="--dtype",
                          remedy=f"use {', '.join(DTYPE_CHOICES[:-1])} or {DTYPE_CHOICES[-1]}")
