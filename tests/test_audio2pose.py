@@ -201,8 +201,11 @@ def tiny_data(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_preset_trains_checkpoints_resumes_and_exports(tiny_data, tmp_path):
     out = tmp_path / "model"
-    proc = run_a2p("train", "audio2pose", "--data", tiny_data, "-o", out, "--preset", "tiny", "--device", "cpu",
-                   "--val-speakers", "spk_b", "--json", check=0)
+    poses = tmp_path / "poses"  # one clip's landmarks from `a2p extract-pose`, the other's found by the trainer
+    poses.mkdir()
+    run_a2p("extract-pose", tiny_data / "spk_a" / "spk_a.mp4", "-o", poses / "spk_a.pose", "-q", check=0)
+    proc = run_a2p("train", "audio2pose", "--data", tiny_data, "--poses", poses, "-o", out, "--preset", "tiny",
+                   "--device", "cpu", "--val-speakers", "spk_b", "--json", check=0)
     s = json.loads(proc.stdout)
     assert s["epochs"] == 2 and s["steps"] == 6
     assert s["data"]["train"]["speakers"] == 1 and s["data"]["val"]["speakers"] == 1
