@@ -173,11 +173,11 @@ def render_options(*, renderer, device, batch_size, mouth_model, steps, cfg, low
 
 
 def talk_job(*, seed, fps, model, motion, pose, template_region, still, pose_scale, expression_scale, blink_rate,
-             crop, size, max_size, crf, frames_dir, meta, overwrite, **render) -> TalkJob:
+             crop, size, max_size, crf, frames_dir, meta, overwrite, head=TalkOptions.head, **render) -> TalkJob:
     """audio2video's parameters (as click parses them) -> its job."""
     render = {k: v for k, v in render.items() if k not in ("inputs", "output", "progress", "quiet", "json_out")}
     talk = TalkOptions(template=pose, template_region=TemplateRegion(template_region).value, still=still,
-                       pose_scale=pose_scale, expression_scale=expression_scale, blink_rate=blink_rate)
+                       pose_scale=pose_scale, expression_scale=expression_scale, blink_rate=blink_rate, head=head)
     return TalkJob(seed=seed, fps=float(fps), model=model, motion=MotionSource(motion),
                    portrait=PortraitOptions(crop=crop, size=size, max_size=max_size), talk=talk,
                    render=render_options(**render), video=VideoOptions(crf=crf, frames_dir=frames_dir),
@@ -258,6 +258,11 @@ def audio2video(
     still: Annotated[
         bool, typer.Option("--still", help="No head motion: only lips, blinks and expression move.")
     ] = TalkOptions.still,
+    head: Annotated[
+        str, typer.Option("--head", help="Head motion from the speech: audio2pose (the shipped model; --seed picks "
+                          "one of its motions), a folder written by `a2p train audio2pose`, or rule (a smaller "
+                          "hand-made motion from the loudness, no model). --pose and --still replace it.")
+    ] = TalkOptions.head,
     pose_scale: PoseScale = TalkOptions.pose_scale,
     expression_scale: ExpressionScale = TalkOptions.expression_scale,
     blink_rate: Annotated[
@@ -300,6 +305,7 @@ def audio2video(
     """Portrait(s) + speech -> talking-head video.
 
     Lip sync, blinks, expression and head motion, all generated from the speech (or head motion from --pose).
+    Head motion comes from the shipped audio2pose model: --seed picks one of the motions it finds for the speech.
 
     PORTRAITS: one or more images (one face each); AUDIO: one or more speech files (wav, mp3, flac, m4a...).
     Every portrait speaks every audio file, one video each, in one process (models loaded once). The
