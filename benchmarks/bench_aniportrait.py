@@ -100,6 +100,7 @@ def build(device: str, dtype) -> tuple:
     table = key_table()
     weights = {name: random_state(table[name], device, dtype, i) for i, name in enumerate(
         ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "pose_guider.pth"))}
+    torch.manual_seed(0)  # the VAE and CLIP take torch's default initialisation: the same in every process
     with torch.device(device):
         weights["vae"] = {k: v.to(dtype) for k, v in AutoencoderKL(**SD_VAE_FT_MSE).state_dict().items()}
         clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_L14))
