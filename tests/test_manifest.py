@@ -92,3 +92,24 @@ def test_each_process_of_a_shared_manifest_gets_its_own_jobs():
     assert jobs_for_rank(10) == list(range(10)) and jobs_for_rank(2, 2, 4) == []
     with pytest.raises(ValueError):
         jobs_for_rank(10, 3, 3)
+
+
+def test_model_folders_in_a_manifest_line_are_read_beside_the_manifest(project, tmp_path_factory, monkeypatch):
+    import shutil
+
+    from a2pcli.cli.cmd_batch import parse_line
+    from a2pcli.pipeline.manifest import BatchJob
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    shutil.copytree(models / "audio2pose", project / "heads" / "calm")
+    shutil.copytree(models / "mouth", project / "mouths" / "mine")
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # not the manifest's folder
+    line = {"command": "audio2video", "portrait": "in/face.jpg", "audio": "in/speech.wav",
+            "head": "heads/calm", "mouth-model": "mouths/mine"}
+    job = parse_line(1, line, project, project / "out")
+    assert isinstance(job, BatchJob), getattr(job, "error", job)
+    assert Path(job.job.talk.head) == project / "heads" / "calm"
+    assert Path(job.job.render.mouth_model) == project / "mouths" / "mine"
+    # a registry name stays a name
+    named = parse_line(2, {**line, "head": "audio2pose", "mouth-model": "mouth"}, project, project / "out")
+    assert (named.job.talk.head, named.job.render.mouth_model) == ("audio2pose", "mouth")

@@ -25,6 +25,7 @@ from a2pcli.errors import A2PError, InputError, OutputError
 # the batch's own; and --split: a batch gives each job one process (one clip on several: a command under torchrun)
 NOT_IN_A_MANIFEST = ("--output", "--json", "--progress", "--quiet", "--overwrite", "--meta", "--split")
 OUTPUT_OPTIONS = ("--frames-dir",)  # paths of outputs: relative to -o (inputs: to the manifest's folder)
+MODEL_OPTIONS = ("--model", "--head", "--mouth-model")  # a registry name, or a model folder beside the manifest
 
 
 def _command(name: str) -> click.Command:
@@ -58,7 +59,7 @@ def _argv(command: click.Command, options: dict, manifest_dir: Path, outdir: Pat
         elif value is not None:
             if isinstance(param.type, click.Path):
                 value = _path(value, outdir if flag in OUTPUT_OPTIONS else manifest_dir)
-            elif flag == "--model" and (manifest_dir / str(value)).exists():
+            elif flag in MODEL_OPTIONS and (manifest_dir / str(value)).exists():
                 value = _path(value, manifest_dir)
             argv += [flag, str(value)]
     return argv
