@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from a2pcli import facemesh as fm
+from a2pcli.eyelids import EYES, EyeLid
+from a2pcli.eyelids import coverage as lid_coverage
 from a2pcli.retarget import PortraitFace, Targets
 
 SHELL_LEVELS = (1.3, 1.8)  # the face oval scaled about its centre: rigid head points (hair, ears)
@@ -51,6 +53,7 @@ STEP_COARSE, STEP_MOUTH, STEP_EYE = 1 / 5, 1 / 24, 1 / 28  # face units between 
 PATCH_MARGIN = 0.12  # face units around a patch's range of motion over the whole video
 PATCH_MAX_NODES = 900  # per patch: its spacing grows beyond this (a head that travels far)
 PATCH_FEATHER = 3  # node spacings over which a patch blends into the coarse field
+MIN_COVER = 0.02  # the lid layer is drawn where it covers at least this fraction of an eye
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,8 @@ class WarpRenderer:
     `plan` is the whole target sequence (or a representative part): it decides where the warp field needs
     fine nodes and how far the head travels."""
 
-    def __init__(self, image: np.ndarray, face: PortraitFace, plan: Targets, device: str = "cpu"):
+    def __init__(self, image: np.ndarray, face: PortraitFace, plan: Targets, device: str = "cpu",
+                 still_background: bool = True):
         import torch
 
         self.torch = torch
@@ -239,6 +243,12 @@ class WarpRenderer:
         self.origin = np.array([roi.x0, roi.y0], np.float32)
         self.crop = np.ascontiguousarray(image[roi.y0 : roi.y1, roi.x0 : roi.x1])
         dev, f32 = self.device, torch.float32
+        self.notes: list[str] = []
+        crop_lm = face.landmarks - np.array([roi.x0, roi.y0, 0], np.float32)
+        self.backdrop = self._separate(crop_lm) if still_background else None
+        self.lids = [EyeLid.of(self.crop, crop_lm, eye, unit) for eye in EYES]
+        self.lids = [lid if lid.usable else None for lid in self.lids]
+        self.lids_t = [lid.to(dev) if lid else None for lid in self.lids]
 
         # control points: face points, rigid shell, static anchors (working-region pixels)
         from a2pcli.headpose import apply_pose
@@ -282,6 +292,11 @@ class WarpRenderer:
             self.window_t = torch.from_numpy(window).to(dev)[None, None]
             self.ident_t = torch.from_numpy(ident).to(dev).permute(2, 0, 1)[None]  # (1, 2, h, w)
             self.src_t = torch.from_numpy(self.crop).to(dev).permute(2, 0, 1)[None].to(f32)
+            self.crop_t = self.src_t
+            if self.backdrop is not None:  # the premultiplied person and its alpha; the plate stays still
+                layer = torch.from_numpy(self.backdrop.layer).to(dev).permute(2, 0, 1)[None].to(f32)
+                self.src_t = layer * torch.tensor([1.0, 1.0, 1.0, 1 / 255], device=dev).view(1, 4, 1, 1)
+                self.plate_t = torch.from_numpy(self.backdrop.plate).to(dev).permute(2, 0, 1)[None].to(f32)
             self.full_t = torch.from_numpy(self.image.copy()).to(dev)
         else:
             self.feathers = [None] + [f[..., None] for f in self.feathers[1:]]
@@ -367,7 +382,9 @@ class WarpRenderer:
         """(B, H, W, 3) uint8 whole frames."""
         from a2pcli.headpose import canonical
 
-        gap = _lip_gap(canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale))
+        canon = canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale)
+        gap = _lip_gap(canon)
+        tgt, lids = self._open_lids(tgt, canon)
         closing = None
         if self.interior is not None:
             closing = np.clip(1.0 - gap / self.portrait_gap, 0.0, 1.0).astype(np.float32)
@@ -375,8 +392,8 @@ class WarpRenderer:
             field = self.coarse_field(tgt)
             mouth = self._mouth_layer(tgt, gap)
             if self.gpu:
-                return self._render_gpu(field, mouth, closing)
-            return self._render_cpu(field.numpy(), mouth, closing)
+                return self._render_gpu(field, mouth, closing, lids)
+            return self._render_cpu(field.numpy(), mouth, closing, lids)
 
     def _seal_colour(self) -> np.ndarray:
         return self.lip_rgb.cpu().numpy() * 255.0
@@ -388,7 +405,7 @@ class WarpRenderer:
             out.append(field[:, a:b].reshape(len(field), p.ny, p.nx, 2))
         return out
 
-    def _render_cpu(self, field: np.ndarray, mouth, closing) -> np.ndarray:
+    def _render_cpu(self, field: np.ndarray, mouth, closing, lids: list) -> np.ndarray:
         import cv2
 
         roi = self.roi
@@ -403,7 +420,8 @@ class WarpRenderer:
             dense *= self.window
             dense += self.ident
             region = frames[i, roi.y0 : roi.y1, roi.x0 : roi.x1]
-            cv2.remap(self.crop, dense, None, cv2.INTER_LINEAR, dst=region, borderMode=cv2.BORDER_REPLICATE)
+            self._sample_cpu(dense, region)
+            self._lids_cpu(dense, region, [w[1:] for w in lids if w[0] == i])
             if closing is not None and closing[i] > 0.01:
                 m = cv2.remap(self.interior, dense, None, cv2.INTER_LINEAR)[..., None] * closing[i]
                 seal = self._seal_colour() * (1 - (1 - SEAL_DARK) * m**4)
@@ -417,7 +435,7 @@ class WarpRenderer:
                 cut[:] = np.clip(cut * (1 - a) + c * a + 0.5, 0, 255).astype(np.uint8)
         return frames
 
-    def _render_gpu(self, field, mouth, closing) -> np.ndarray:
+    def _render_gpu(self, field, mouth, closing, lids: list) -> np.ndarray:
         torch = self.torch
         fnn = torch.nn.functional
         roi = self.roi
@@ -434,6 +452,9 @@ class WarpRenderer:
         grid = pos.permute(0, 2, 3, 1) * scale - 1.0
         out = fnn.grid_sample(self.src_t.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                               align_corners=True)
+        if self.backdrop is not None:  # the warped person over the still background
+            out = torch.cat([out[:, :3] + (1 - out[:, 3:4]) * self.plate_t, out[:, 4:]], 1)
+        self._lids_gpu(pos, out, lids)
         if closing is not None:
             m = out[:, 3:] * torch.from_numpy(closing).to(self.device).view(-1, 1, 1, 1)
             seal = self.lip_rgb.view(1, 3, 1, 1) * 255.0 * (1 - (1 - SEAL_DARK) * m**4)
@@ -448,6 +469,93 @@ class WarpRenderer:
         frames = self.full_t[None].repeat(b, 1, 1, 1)
         frames[:, roi.y0 : roi.y1, roi.x0 : roi.x1] = region
         return frames.cpu().numpy()
+
+    # ---- background and eyelids -------------------------------------------------------------------
+
+    def _separate(self, crop_lm: np.ndarray):
+        """The person and the still background of the working region (backdrop.separate), or None with a note."""
+        from a2pcli.backdrop import separate
+
+        bd, why = separate(self.crop, crop_lm, self.unit)
+        if bd is None:
+            self.notes.append(f"the background moves with the head near it ({why})")
+        return bd
+
+    def _sample_cpu(self, dense: np.ndarray, region: np.ndarray) -> None:
+        """The portrait sampled at `dense` (h, w, 2 working-region pixels) into `region`: the warped person
+        (premultiplied) over the still background plate when there is one."""
+        import cv2
+
+        if self.backdrop is None:
+            cv2.remap(self.crop, dense, None, cv2.INTER_LINEAR, dst=region, borderMode=cv2.BORDER_REPLICATE)
+            return
+        warped = cv2.remap(self.backdrop.layer, dense, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        self.backdrop.composite(warped, region)
+
+    def _open_lids(self, tgt: Targets, canon: np.ndarray) -> tuple[Targets, list]:
+        """The targets with each upper lid kept at the portrait's distance from the lower one (the lid layer
+        closes the eye, not the warp), and the lid layer's work: (frame, eye, coverage, box) for every frame
+        and eye that the lid covers, box: x0, y0, x1, y1 working-region pixels where it can show."""
+        work, lm = [], None
+        for e, ((upper, lower, _), lid) in enumerate(zip(EYES, self.lids)):
+            if lid is None:
+                continue
+            gap0 = self.face.canon[lower[1:-1], 1] - self.face.canon[upper[1:-1], 1]
+            gap = canon[:, lower[1:-1], 1] - canon[:, upper[1:-1], 1]  # (B, inner points)
+            short = np.clip(gap0[None] - gap, 0.0, None)
+            cover = lid_coverage(gap.mean(1) / max(float(gap0.mean()), 1e-6))
+            todo = np.nonzero(cover >= MIN_COVER)[0]
+            if not len(todo):
+                continue
+            lm = tgt.landmarks.copy() if lm is None else lm
+            # up the face (the pose's y axis) by the shortfall, face units -> pixels
+            lm[:, upper[1:-1]] -= (short * tgt.scale[:, None])[..., None] * tgt.rotation[:, None, :, 1]
+            corners = tgt.landmarks[todo][:, [upper[0], upper[-1]], :2] - self.origin
+            boxes = lid.boxes(corners)
+            work += [(int(i), e, float(cover[i]), tuple(b)) for i, b in zip(todo, boxes)]
+        return (tgt if lm is None else Targets(lm, tgt.rotation, tgt.translation, tgt.scale)), work
+
+    def _lid_box(self, box: tuple, patch: Patch) -> tuple[int, int, int, int] | None:
+        x0, y0 = max(box[0], patch.x0), max(box[1], patch.y0)
+        x1, y1 = min(box[2], patch.x1), min(box[3], patch.y1)
+        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+    def _lids_cpu(self, dense: np.ndarray, region: np.ndarray, work: list) -> None:
+        """The lids over frame `region` (h, w, 3) uint8, in place; dense: its portrait positions (h, w, 2)."""
+        import cv2
+
+        for e, c, box in work:
+            lid = self.lids_t[e]
+            b = self._lid_box(box, self.patches[2 + e])
+            if b is None:
+                continue
+            x0, y0, x1, y1 = b
+            pos = np.ascontiguousarray(dense[y0:y1, x0:x1])
+            src, a, tone, ink = lid.layer(self.torch.from_numpy(pos), c)
+            skin = cv2.remap(self.crop, src.numpy(), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            skin = lid.paint(self.torch.from_numpy(skin.astype(np.float32)), tone, ink).numpy()
+            sub = region[y0:y1, x0:x1]
+            a = a.numpy()[..., None]
+            sub[:] = np.clip(sub + (skin - sub) * a + 0.5, 0, 255).astype(np.uint8)
+
+    def _lids_gpu(self, pos, out, work: list) -> None:
+        """pos: (B, 2, h, w) working-region pixels; out: (B, C, h, w) float frames, lids drawn in place."""
+        fnn = self.torch.nn.functional
+        roi = self.roi
+        scale = self.torch.tensor([2.0 / max(roi.w - 1, 1), 2.0 / max(roi.h - 1, 1)], device=self.device)
+        for i, e, c, box in work:
+            lid = self.lids_t[e]
+            b = self._lid_box(box, self.patches[2 + e])
+            if b is None:
+                continue
+            x0, y0, x1, y1 = b
+            p = pos[i, :, y0:y1, x0:x1].permute(1, 2, 0)
+            src, a, tone, ink = lid.layer(p, c)
+            skin = fnn.grid_sample(self.crop_t, (src * scale - 1.0)[None], mode="bilinear", padding_mode="border",
+                                   align_corners=True)[0]
+            skin = lid.paint(skin.permute(1, 2, 0), tone, ink).permute(2, 0, 1)
+            sub = out[i, :3, y0:y1, x0:x1]
+            sub.add_((skin - sub) * a[None])
 
     # ---- mouth ------------------------------------------------------------------------------------
 

@@ -615,7 +615,7 @@ def run_talk(args: dict, portraits: list[Path], audios: list[Path]) -> None:
                     else:
                         rest = closed_rest(open_mouth_gap(portrait.image, portrait.face), a2m.opening_shape())
                         tgt, notes = talk_targets(portrait.face, samples, fps, n, lips, topts, ref_mean, template,
-                                                  rest)
+                                                  rest, image=portrait.image)
                     with atomic_path(out, args["overwrite"]) as tmp:
                         summary = render(portrait, tgt, fps, tmp, aopts, track, reporter)
                         if args["meta"]:
