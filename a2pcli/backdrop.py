@@ -32,7 +32,7 @@ FACE_FEATHER = 0.03  # face units: the face oval is always person, with this sof
 HOLE_GROW = 0.06  # face units: the filled region reaches this far past the person's last trace of alpha
 FILL_UNIT_PX = 24.0  # pixels per face unit at which the background is inpainted (then scaled up)
 FILL_RADIUS = 3  # pixels at that scale: OpenCV inpainting neighbourhood
-FILL_FEATHER = 0.02  # face units: the plate blends into the image at the filled region's edge
+ALPHA_FILLED = 0.5  # across the person's soft edge the plate goes from the image (alpha 0) to the fill (this alpha)
 
 
 @dataclass
@@ -97,8 +97,8 @@ def person_alpha(prob: np.ndarray, landmarks: np.ndarray, unit: float) -> tuple[
 
 
 def fill_background(image: np.ndarray, alpha: np.ndarray, unit: float) -> np.ndarray:
-    """(H, W, 3) uint8: `image` with the person (alpha > 0, grown by HOLE_GROW) replaced by the surrounding
-    background, inpainted at FILL_UNIT_PX pixels per face unit and scaled back up."""
+    """(H, W, 3) uint8: `image` with the person replaced by the surrounding background, inpainted (from
+    outside the person's alpha grown by HOLE_GROW) at FILL_UNIT_PX pixels per face unit and scaled back up."""
     import cv2
 
     h, w = alpha.shape
@@ -113,10 +113,15 @@ def fill_background(image: np.ndarray, alpha: np.ndarray, unit: float) -> np.nda
     small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
     small_hole = (cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
     filled = cv2.inpaint(small, small_hole, FILL_RADIUS, cv2.INPAINT_TELEA)
-    fill = cv2.resize(filled, (w, h), interpolation=cv2.INTER_CUBIC)
-    blend = cv2.GaussianBlur(hole.astype(np.float32), (0, 0), max(0.5, FILL_FEATHER * unit))
-    blend = np.maximum(blend, hole.astype(np.float32))[..., None]  # the whole hole filled, feathered outside it
-    return np.clip(image * (1 - blend) + fill * blend + 0.5, 0, 255).astype(np.uint8)
+    fill = cv2.resize(filled, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    # the plate is the image wherever there is no person (alpha 0: the composite gives the image back there),
+    # the fill where there is, and a blend across the person's soft edge; never so bright that the person's
+    # premultiplied colour would go below 0 (the composite gives back the image exactly at rest)
+    t = np.clip(alpha / ALPHA_FILLED, 0.0, 1.0)[..., None]
+    img = image.astype(np.float32)
+    plate = img + (t * t * (3 - 2 * t)) * (fill - img)
+    plate = np.minimum(plate, img / np.maximum(1.0 - alpha[..., None], 1e-3))
+    return np.clip(plate + 0.5, 0, 255).astype(np.uint8)
 
 
 def separate(image: np.ndarray, landmarks: np.ndarray, unit: float) -> tuple[Backdrop | None, str]:

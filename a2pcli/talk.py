@@ -28,6 +28,7 @@ BLINK_MIN_GAP_S = 1.2
 BLINK_REGULARITY = 4.0  # gamma shape of the intervals between blinks: 1 is a Poisson process, larger is more even
 PAUSE_BOOST = 3.0  # blinks are this many times likelier in a pause of the speech (or at its edges) than in speech
 PAUSE_BELOW_DB = 25.0  # a pause: this far below the speech's loud frames (its 90th percentile of loudness)
+PAUSE_MIN_S = 0.25  # ... lasting at least this long (not the gap before a stop consonant)
 PAUSE_SMOOTH_S = 0.15  # the pause weight spreads this far into the speech on either side: phrase boundaries
 BREATH_HZ, BREATH_UNITS = 0.22, 0.006  # a slow rise and fall of the head, face units
 # generated head motion: amplitude (degrees) of yaw, pitch, roll wander, and of the nods on stressed speech
@@ -89,9 +90,19 @@ def pause_weight(audio_db: np.ndarray, fps: float) -> np.ndarray:
     speech = float(np.percentile(audio_db, 90)) if len(audio_db) else -80.0
     if speech <= -60.0:  # no speech: blinks at an even rate
         return np.ones(len(audio_db), np.float32)
-    pause = (audio_db < speech - PAUSE_BELOW_DB).astype(np.float64)
+    pause = _runs_at_least(audio_db < speech - PAUSE_BELOW_DB, int(round(PAUSE_MIN_S * fps))).astype(np.float64)
     pause = np.clip(_smooth(pause, PAUSE_SMOOTH_S * fps) * 2.0, 0.0, 1.0)
     return (1.0 + PAUSE_BOOST * pause).astype(np.float32)
+
+
+def _runs_at_least(mask: np.ndarray, length: int) -> np.ndarray:
+    """`mask` (T,) bool with its runs of True shorter than `length` frames removed."""
+    out = np.zeros_like(mask)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    for a, b in zip(edges[::2], edges[1::2]):
+        if b - a >= length:
+            out[a:b] = True
+    return out
 
 
 def blink_times(n: int, fps: float, rate_per_min: float, rng: np.random.Generator,

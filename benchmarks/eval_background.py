@@ -1,16 +1,19 @@
 """A background that stays put: `a2p vid2vid --region pose` with a driving video whose head turns (about
-+-20 degrees of yaw), then, in every output frame, the PSNR of the portrait's background pixels against
-the portrait itself.
++-20 degrees of yaw, and moves), then, in every output frame, the PSNR of the background pixels against the
+portrait.
 
-Background pixels: MediaPipe's selfie segmentation of the whole portrait (run here, independently of the
-renderer's own use of it) says "not a person" (< 0.5), and they lie farther than `--margin` face units
-from the person's outline (the head may turn over pixels right beside it). Two sets are scored: the
-background inside the working region (`near`: within ROI_HALF face units of the face centre, where the
-renderer acts) and all of it (`all`, what a viewer sees). An unmoved background re-encoded scores
+Background pixels: MediaPipe's selfie segmentation (run here, independently of the renderer's own use of
+it) says "not a person" in the portrait AND in that output frame, at least `--margin` face units from the
+person's outline in both: what was background and still is must not have changed; what the moving head
+covers or uncovers is left out (look at it on the contact sheets). Two regions are scored: the background
+inside the working region (`near`: within ROI_HALF face units of the face centre, where the renderer acts)
+and all of it (`all`). Also reported, `portrait_only`: the portrait's background alone, at 0.15 and 0.5 face
+units from its outline; the head's own motion (d3 moves it up to 0.44 face units) covers some of it, so
+this one falls with the head's travel whatever the renderer does. An unmoved background re-encoded scores
 about 40 dB.
 
     python benchmarks/eval_background.py [PORTRAIT ...] [--driving VIDEO_OR_POSE] [--max-size 512]
-                                         [--margin 0.15] [--out DIR]
+                                         [--margin 0.2] [--out DIR]
 
 Bars: at least 35 dB in every frame and 37 dB on average. Prints one JSON object.
 """
@@ -34,33 +37,39 @@ MEDIA, PORTRAITS = SHARED / "media", SHARED / "corpus" / "portraits"
 DEFAULT_PORTRAITS = (MEDIA / "sadtalker_happy.png", MEDIA / "liveportrait_s9.jpg", PORTRAITS / "KwaiVGI__LivePortrait__s4.jpg",
                      PORTRAITS / "KwaiVGI__LivePortrait__s7.jpg", MEDIA / "sadtalker_full_body_1.png",
                      PORTRAITS / "Hanbo-Cheng__DAWN-pytorch__real_male1.jpeg")
-MARGIN = 0.15  # face units between the person's outline and the pixels scored
+MARGIN = 0.2  # face units between the person's outline (in the portrait and in the frame) and the pixels scored:
+# the renderer's segmentation and this one disagree on thin fringes (lace, stray hair) within about this
+PORTRAIT_ONLY_MARGINS = (0.15, 0.5)
 BAR_WORST, BAR_MEAN = 35.0, 37.0  # dB
 PSNR_CAP = 100.0
 
 
-def person_probability(image: np.ndarray) -> np.ndarray:
-    """(H, W) float32 0..1: MediaPipe's selfie segmentation (general model) of the whole picture."""
-    from mediapipe.python.solutions import selfie_segmentation
+class Segmenter:
+    """MediaPipe's selfie segmentation (general model) of whole pictures: (H, W) bool person masks."""
 
-    with selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
-        return seg.process(np.ascontiguousarray(image)).segmentation_mask.astype(np.float32)
+    def __init__(self):
+        from mediapipe.python.solutions import selfie_segmentation
+
+        self.seg = selfie_segmentation.SelfieSegmentation(model_selection=0)
+
+    def person(self, image: np.ndarray) -> np.ndarray:
+        return self.seg.process(np.ascontiguousarray(image)).segmentation_mask >= 0.5
 
 
-def background_masks(image: np.ndarray, face, margin: float = MARGIN) -> dict[str, np.ndarray]:
-    """Boolean (H, W) masks of the background pixels scored: `all`, and `near` (the working region)."""
+def clear_of(person: np.ndarray, margin_px: float) -> np.ndarray:
+    """(H, W) bool: farther than margin_px from every person pixel."""
     import cv2
 
+    return cv2.distanceTransform((~person).astype(np.uint8), cv2.DIST_L2, 5) > margin_px
+
+
+def working_region_mask(shape: tuple[int, int], face) -> np.ndarray:
     from a2pcli.render import ROI_HALF
 
-    person = (person_probability(image) >= 0.5).astype(np.uint8)
-    dist = cv2.distanceTransform(1 - person, cv2.DIST_L2, 5)  # pixels to the nearest person pixel
-    bg = dist > margin * face.scale
-    h, w = person.shape
+    h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
     cx, cy = face.translation[:2]
-    near = (np.abs(xx - cx) <= ROI_HALF * face.scale) & (np.abs(yy - cy) <= ROI_HALF * face.scale)
-    return {"all": bg, "near": bg & near}
+    return (np.abs(xx - cx) <= ROI_HALF * face.scale) & (np.abs(yy - cy) <= ROI_HALF * face.scale)
 
 
 def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -86,19 +95,45 @@ def render(portrait: Path, driving: Path, out: Path, max_size: int, region: str 
     return time.perf_counter() - t
 
 
+def reencoded(image: np.ndarray, tmp: Path, frames: int = 10) -> list[np.ndarray]:
+    """The portrait, unmoved, through a2p's own encoder (H.264 yuv420p, crf 18) and back: what encoding alone
+    costs. A fine texture or saturated lights on black cost it several dB."""
+    from a2pcli.encode import VideoWriter
+
+    path = tmp / "still.mp4"
+    with VideoWriter(path, image.shape[1::-1], 25.0) as w:
+        for _ in range(frames):
+            w.write(image)
+    return read_video(path)
+
+
 def score(portrait: Path, video: Path, max_size: int, margin: float = MARGIN) -> dict:
     """Per-frame background PSNR of `video` (rendered from `portrait` at --max-size `max_size`)."""
     from a2pcli.animate import PortraitOptions, load_portrait
 
     p = load_portrait(portrait, PortraitOptions(max_size=max_size))
-    masks = background_masks(p.image, p.face, margin)
+    seg = Segmenter()
+    still = clear_of(seg.person(p.image), margin * p.face.scale)
+    near = working_region_mask(p.image.shape[:2], p.face)
     frames = read_video(video)
-    res = {"portrait": portrait.name, "size": list(p.image.shape[1::-1]), "frames": len(frames)}
-    for k, m in masks.items():
-        curve = np.array([masked_psnr(f, p.image, m) for f in frames])
-        res[k] = {"pixels": int(m.sum()), "worst_db": round(float(curve.min()), 2),
-                  "mean_db": round(float(curve.mean()), 2), "worst_frame": int(curve.argmin()),
-                  "passes": bool(curve.min() >= BAR_WORST and curve.mean() >= BAR_MEAN)}
+    fixed = {f"portrait_only_{m}": clear_of(seg.person(p.image), m * p.face.scale) for m in PORTRAIT_ONLY_MARGINS}
+    curves: dict[str, list] = {"near": [], "all": [], **{k: [] for k in fixed}}
+    pixels: dict[str, list] = {k: [] for k in curves}
+    for f in frames:
+        both = still & clear_of(seg.person(f), margin * p.face.scale)
+        for k, m in (("near", both & near), ("all", both), *fixed.items()):
+            curves[k].append(masked_psnr(f, p.image, m))
+            pixels[k].append(int(m.sum()))
+    with tempfile.TemporaryDirectory(prefix="a2p-bg-still-") as td:
+        enc = reencoded(p.image, Path(td))
+    res = {"portrait": portrait.name, "size": list(p.image.shape[1::-1]), "frames": len(frames),
+           "reencoded_db": {"near": round(float(np.mean([masked_psnr(f, p.image, still & near) for f in enc])), 2),
+                            "all": round(float(np.mean([masked_psnr(f, p.image, still) for f in enc])), 2)}}
+    for k, c in curves.items():
+        c = np.array(c)
+        res[k] = {"min_pixels": int(min(pixels[k])), "worst_db": round(float(c.min()), 2),
+                  "mean_db": round(float(c.mean()), 2), "worst_frame": int(c.argmin()),
+                  "passes": bool(c.min() >= BAR_WORST and c.mean() >= BAR_MEAN)}
     return res
 
 
