@@ -3,7 +3,7 @@
     load_model(name_or_path=None, device="cpu") -> Audio2Motion
     Audio2Motion.predict(audio, fps, n_frames=None) -> (T, 478, 3) float32 expression deltas
 
-`audio`: (N,) float32 mono at 16 kHz (a2pcli.encode.load_audio gives that). The output is a delta to
+`audio`: (N,) float32 mono at 16 kHz (a2pcli.audio.load_audio gives that). The output is a delta to
 add to a face's `expression` in the canonical space of the `.pose` format (a2pcli.motion: face units,
 the outer eye corners 1 apart, head pose removed). It moves the lips, jaw, chin and lower cheeks and is
 exactly zero elsewhere; it is relative to a CLOSED mouth at rest, so silence gives about zero and a
@@ -287,7 +287,7 @@ def _check_audio(audio) -> np.ndarray:
     try:
         return features.check_audio(audio)
     except ValueError as exc:
-        raise InputError(str(exc), subject="audio", remedy="pass 16 kHz mono float samples (a2pcli.encode.load_audio)")
+        raise InputError(str(exc), subject="audio", remedy="pass 16 kHz mono float samples (a2pcli.audio.load_audio)")
 
 
 def _check_fps(fps) -> float:

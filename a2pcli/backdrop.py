@@ -61,14 +61,14 @@ class Backdrop:
 def segment_person(image: np.ndarray) -> np.ndarray | None:
     """(H, W) float32 0..1 person confidence from MediaPipe's selfie segmentation, or None when mediapipe is
     not installed (a machine that renders stored motion without it)."""
-    from a2pcli.landmarks import _quiet_native_stderr
+    from a2pcli.landmarks import quiet_native_stderr
 
     try:
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             from mediapipe.python.solutions import selfie_segmentation
     except Exception:  # ImportError, or a broken native library
         return None
-    with _quiet_native_stderr(), selfie_segmentation.SelfieSegmentation(model_selection=SEGMENT_MODEL) as seg:
+    with quiet_native_stderr(), selfie_segmentation.SelfieSegmentation(model_selection=SEGMENT_MODEL) as seg:
         mask = seg.process(np.ascontiguousarray(image)).segmentation_mask
     return None if mask is None else np.clip(mask.astype(np.float32), 0.0, 1.0)
 

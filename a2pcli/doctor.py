@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from a2pcli import __version__, cache, device
+from a2pcli import __version__, cache, device, ffmpeg
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 KEY_PACKAGES = (
@@ -40,7 +40,6 @@ MEDIAPIPE_FACE_MODELS = (
 )
 REQUIRED_ENCODERS = ("libx264", "aac")  # video and audio encoders of every a2p output
 FFMPEG_TIMEOUT_S = 30
-FFMPEG_REMEDY = "pip install --force-reinstall imageio-ffmpeg"
 MIN_RAM_AVAILABLE = 4 * 10**9  # bytes; below this a render is likely to swap or be killed
 MIN_DISK_FREE = 2 * 10**9  # bytes, for the cache and for the output
 SMOKE_INPUT_SHAPE = (1, 3, 64, 64)  # cuDNN smoke test: one small RGB image...
@@ -340,12 +339,6 @@ def check_disk_output(output_dir: Path | None = None) -> Check:
 # --- ffmpeg, mediapipe, opencv --------------------------------------------------------------------
 
 
-def _ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def _ffmpeg_output(exe: str, *args: str) -> str:
     proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_S)
     if proc.returncode != 0:
@@ -357,17 +350,17 @@ def _ffmpeg_output(exe: str, *args: str) -> str:
 def check_ffmpeg() -> Check:
     """imageio-ffmpeg's binary runs and has the libx264 and AAC encoders."""
     try:
-        exe = _ffmpeg_exe()
+        exe = ffmpeg.exe()
         banner = _ffmpeg_output(exe, "-version")
         encoders = _ffmpeg_output(exe, "-hide_banner", "-encoders")
     except (ImportError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        return Check("ffmpeg", FAIL, f"ffmpeg does not run ({exc})", FFMPEG_REMEDY, {"error": str(exc)})
+        return Check("ffmpeg", FAIL, f"ffmpeg does not run ({exc})", ffmpeg.REMEDY, {"error": str(exc)})
     found = re.search(r"ffmpeg version (\S+)", banner)
     version = f"ffmpeg {found.group(1) if found else '(unknown version)'}"
     missing = [e for e in REQUIRED_ENCODERS if not re.search(rf"^\s*\S+\s+{re.escape(e)}\s", encoders, re.M)]
     data = {"exe": exe, "version": version, "missing_encoders": missing}
     if missing:
-        return Check("ffmpeg", FAIL, f"{version}: no {', '.join(missing)} encoder", FFMPEG_REMEDY, data)
+        return Check("ffmpeg", FAIL, f"{version}: no {', '.join(missing)} encoder", ffmpeg.REMEDY, data)
     return Check("ffmpeg", OK, f"{version} with {', '.join(REQUIRED_ENCODERS)}", "", data)
 
 

@@ -1,13 +1,10 @@
-"""Writing videos and reading audio through the ffmpeg that imageio-ffmpeg bundles.
+"""Writing videos through the ffmpeg that imageio-ffmpeg bundles (a2pcli.ffmpeg).
 
     VideoWriter(path, (w, h), fps, audio=...)  -> streaming H.264/AAC encoder (context manager)
-    probe_audio(path)                            -> AudioTrack, or None when the file has no audio
-    load_audio(path, sample_rate=16000)          -> (N,) float32 mono in [-1, 1]
 
 The writer pipes raw RGB frames to ffmpeg from a thread fed by a small bounded queue, so Python
 renders the next frames while ffmpeg encodes the previous ones; memory holds a few frames at most.
-Any input ffmpeg decodes works for audio: wav of any rate/depth/channels, mp3, m4a, flac, ogg, or
-the audio track of a video.
+The audio track comes from a2pcli.audio (`probe_audio`).
 """
 
 from __future__ import annotations
@@ -17,230 +14,48 @@ import math
 import os
 import queue
 import re
+import secrets
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from a2pcli.errors import EnvironmentProblem, InputError, OutputError
-from a2pcli.media import _ffmpeg_reason, require_file
+from a2pcli import ffmpeg
+from a2pcli.audio import AudioTrack
+from a2pcli.errors import InputError, OutputError
+from a2pcli.media import require_file
 
 QUEUE_FRAMES = 8  # frames buffered between the caller and ffmpeg (fewer for very large frames)
 QUEUE_BYTES = 128 << 20  # ... and never more than this many bytes of them
-SILENCE_DBFS = -60.0  # a track whose peak stays below this is digital silence
-PROBE_RATE = 16000  # rate at which probe_audio decodes to measure the level and the exact length
+MAX_CRF = 51  # x264's worst quality (0: lossless, 18: looks lossless)
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}  # others: mp4
-_READ_CHUNK = 1 << 18  # bytes read from ffmpeg's stdout at a time
 _WAIT_AFTER_FAILURE_S = 5.0
 
 
-def ffmpeg_exe() -> str:
+
+FRAME_NAME = re.compile(r"^\d{6}\.png$")  # the names --frames-dir files get: 000000.png, 000001.png...
+
+
+def frame_name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
+def write_new_file(target: Path, data: bytes) -> None:
+    """Write `data` to a new hidden file beside `target` (created exclusively, links not followed) and rename
+    it onto `target`: whatever `target` was (a file, a link to one elsewhere) is replaced, never written through."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except (ImportError, RuntimeError, OSError) as exc:
-        raise EnvironmentProblem(
-            f"no ffmpeg binary ({exc})", subject="imageio-ffmpeg", remedy="pip install --force-reinstall imageio-ffmpeg"
-        ) from exc
-
-
-def _popen(cmd: list[str], **kw) -> subprocess.Popen:
-    try:
-        return subprocess.Popen(cmd, **kw)
-    except OSError as exc:
-        raise EnvironmentProblem(
-            f"ffmpeg does not start ({exc.strerror or exc})",
-            subject=cmd[0],
-            remedy="pip install --force-reinstall imageio-ffmpeg",
-        ) from exc
-
-
-# --- audio ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class AudioTrack:
-    """The first audio stream of a file, or the part of it from `start_s` lasting `duration_s`.
-
-    Take a part with `dataclasses.replace(track, start_s=..., duration_s=...)`."""
-
-    path: Path
-    start_s: float = 0.0  # offset into the file
-    duration_s: float  # seconds of audio from start_s (as decoded, not as the container claims)
-    sample_rate: int  # of the stream in the file
-    channels: int
-    has_sound: bool  # False when the part is digital silence (peak below SILENCE_DBFS)
-    peak_dbfs: float | None = None  # loudest sample, -inf for all zeros; None when not measured
-
-
-_AUDIO_LINE = re.compile(r"^\s*Stream #\d+:\d+\S*: Audio: (?P<codec>[^,]+)(?P<rest>.*)$", re.MULTILINE)
-_LAYOUTS = {"mono": 1, "stereo": 2, "downmix": 2, "binaural": 2, "quad": 4, "hexagonal": 6, "octagonal": 8,
-            "cube": 8, "hexadecagonal": 16}
-
-
-def _channels(layout: str) -> int:
-    layout = layout.strip()
-    name = layout.split("(")[0].strip()
-    if name in _LAYOUTS:
-        return _LAYOUTS[name]
-    if m := re.fullmatch(r"(\d+) channels?", name):
-        return int(m.group(1))
-    if m := re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?", name):  # 5.1, 7.1.4, 22.2
-        return sum(int(g) for g in m.groups() if g)
-    return 2
-
-
-@dataclass(frozen=True)
-class _StreamInfo:
-    sample_rate: int | None  # of the first audio stream; None when the file has no audio stream
-    channels: int
-
-
-def _probe_streams(path: Path) -> _StreamInfo:
-    """`ffmpeg -i path` and read its stream list; InputError when ffmpeg cannot open the file."""
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True, errors="replace"
-    )
-    if "Input #0" not in proc.stderr:
-        raise InputError(
-            f"not audio or video ffmpeg can read ({_ffmpeg_reason(RuntimeError(proc.stderr))})",
-            subject=str(path),
-            remedy="check that the file is complete audio (wav, mp3, m4a, flac, ogg) or a video with sound",
-        )
-    m = _AUDIO_LINE.search(proc.stderr)
-    if not m:
-        return _StreamInfo(None, 0)
-    rate = re.search(r",\s*(\d+) Hz", m.group("rest"))
-    layout = re.search(r"\d+ Hz,\s*([^,]+)", m.group("rest"))
-    return _StreamInfo(int(rate.group(1)) if rate else None, _channels(layout.group(1)) if layout else 2)
-
-
-def _check_span(start_s: float, duration_s: float | None) -> None:
-    if not (math.isfinite(start_s) and start_s >= 0):
-        raise InputError(f"audio start must be a time >= 0 s, got {start_s}", subject="audio start")
-    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
-        raise InputError(f"audio duration must be > 0 s, got {duration_s}", subject="audio duration")
-
-
-def _decode_cmd(path: Path, sample_rate: int, fmt: str, start_s: float, duration_s: float | None) -> list[str]:
-    """ffmpeg decoding the first audio stream to mono raw samples on stdout. The downmix keeps the
-    level of the channels (ffmpeg's default adds them at -3 dB each and can clip float output)."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
-    if start_s:
-        cmd += ["-ss", f"{start_s:.6f}"]
-    if duration_s is not None:
-        cmd += ["-t", f"{duration_s:.6f}"]
-    return cmd + ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-af", "aresample=rematrix_maxval=1.0",
-                  "-ac", "1", "-ar", str(sample_rate), "-f", fmt, "pipe:1"]
-
-
-def _decode_failed(path: Path, stderr: str) -> InputError:
-    return InputError(
-        f"ffmpeg cannot decode its audio ({_ffmpeg_reason(RuntimeError(stderr)) if stderr.strip() else 'no samples'})",
-        subject=str(path),
-        remedy="check that the file is complete audio (wav, mp3, m4a, flac, ogg) or a video with sound",
-    )
-
-
-def probe_audio(path: Path) -> AudioTrack | None:
-    """The first audio stream of `path`, or None when it has none (a video without sound, an image).
-
-    Decodes the whole stream at 16 kHz mono, in chunks (bounded memory), to measure its exact
-    length and its peak level. InputError when the file is missing or not decodable media."""
-    path = require_file(path, "audio")
-    info = _probe_streams(path)
-    if info.sample_rate is None:
-        return None
-    cmd = _decode_cmd(path, PROBE_RATE, "s16le", 0.0, None)
-    err = tempfile.TemporaryFile()  # not a pipe: a chatty ffmpeg must never block on it
-    try:
-        proc = _popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
-    except BaseException:
-        err.close()
-        raise
-    n, peak, tail = 0, 0, b""  # sample count, peak |sample|, odd byte left over between reads
-    try:
-        while chunk := proc.stdout.read(_READ_CHUNK):
-            chunk = tail + chunk
-            usable = len(chunk) - len(chunk) % 2
-            tail = chunk[usable:]
-            samples = np.frombuffer(chunk[:usable], np.int16)
-            if samples.size:
-                n += samples.size
-                peak = max(peak, int(np.abs(samples.astype(np.int32)).max()))
-        rc = proc.wait()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        err.seek(0)
-        stderr = err.read().decode("utf-8", "replace")
-        err.close()
-    if rc != 0 or n == 0:
-        raise _decode_failed(path, stderr)
-    peak_dbfs = 20 * math.log10(peak / 32768) if peak else -math.inf
-    return AudioTrack(
-        path=path,
-        duration_s=n / PROBE_RATE,
-        sample_rate=info.sample_rate,
-        channels=info.channels,
-        has_sound=peak_dbfs >= SILENCE_DBFS,
-        peak_dbfs=peak_dbfs,
-    )
-
-
-def load_audio(
-    path: Path, sample_rate: int = 16000, start_s: float = 0.0, duration_s: float | None = None
-) -> np.ndarray:
-    """(N,) float32 mono in [-1, 1] at `sample_rate`, from `start_s` for `duration_s` (None: to the end).
-
-    InputError when the file is missing, not decodable, or has no audio stream."""
-    path = require_file(path, "audio")
-    _check_span(start_s, duration_s)
-    if not (isinstance(sample_rate, int) and 1000 <= sample_rate <= 384000):
-        raise InputError(f"sample rate must be 1000..384000 Hz, got {sample_rate}", subject="sample rate")
-    if _probe_streams(path).sample_rate is None:
-        raise InputError("has no audio stream", subject=str(path), remedy="give a file with sound (wav, mp3, m4a...)")
-    proc = subprocess.run(_decode_cmd(path, sample_rate, "f32le", start_s, duration_s), capture_output=True,
-                          stdin=subprocess.DEVNULL)
-    stderr = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise _decode_failed(path, stderr)
-    data = proc.stdout[: len(proc.stdout) - len(proc.stdout) % 4]
-    audio = np.frombuffer(data, np.float32)
-    if audio.size == 0 and not start_s:
-        raise _decode_failed(path, stderr)
-    return np.clip(audio, -1.0, 1.0)  # a copy, writable; float sources may exceed full scale
-
-
-# --- video ----------------------------------------------------------------------------------------
-
-_GENERIC = re.compile(
-    r"conversion failed|error opening output|error parsing options|exiting normally|to ignore this|"
-    r"terminating thread|nothing was written|error while filtering|error closing|failed to set value|"
-    r"task finished with error|error (?:while|during) (?:en|de)cod|^\[out#|^\s*last message repeated",
-    re.IGNORECASE,
-)
-_TELLING = ("no space left", "permission denied", "no such file", "matches no streams", "invalid data",
-            "read-only file system", "disk quota", "does not contain", "not divisible by", "unknown encoder")
-
-
-def _stderr_reason(text: str) -> str:
-    """The line of ffmpeg's stderr that says what went wrong, without its `[muxer @ 0x..]` prefix."""
-    lines = [re.sub(r"^(?:\[[^\]]*\]\s*)+", "", ln.strip()) for ln in text.splitlines() if ln.strip()]
-    for key in _TELLING:
-        for ln in lines:
-            if key in ln.lower():
-                return ln[:200]
-    meaningful = [ln for ln in lines if not _GENERIC.search(ln)]
-    return ((meaningful or lines or ["no message"])[-1])[:200]
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 class VideoWriter:
@@ -256,7 +71,9 @@ class VideoWriter:
     video: ffmpeg's own -shortest overshoots by up to half a second, nondeterministically).
     `path` is written as given (the caller passes a temp name from outputs.atomic_path); after a
     failure, or an exception in the with-block, ffmpeg is killed and `path` deleted.
-    With `frames_dir`, every frame is also saved there as 000000.png, 000001.png... (kept on failure).
+    With `frames_dir`, every frame is also saved there as 000000.png, 000001.png... (kept on failure), each
+    written to a new hidden file and renamed onto its name: a link planted in the folder is replaced, never
+    followed.
     """
 
     def __init__(
@@ -287,8 +104,9 @@ class VideoWriter:
             crf_i = int(crf)
         except (TypeError, ValueError):
             crf_i = -1
-        if isinstance(crf, bool) or crf_i != crf or not 0 <= crf_i <= 51:
-            raise InputError(f"crf must be an integer 0..51, got {crf}", subject="crf", remedy="18 is near lossless")
+        if isinstance(crf, bool) or crf_i != crf or not 0 <= crf_i <= MAX_CRF:
+            raise InputError(f"crf must be an integer 0..{MAX_CRF}, got {crf}", subject="crf",
+                             remedy="18 is near lossless")
         if preset not in PRESETS:
             raise InputError(
                 f"unknown x264 preset {preset!r}", subject="preset", remedy=f"use one of {', '.join(PRESETS)}"
@@ -329,7 +147,7 @@ class VideoWriter:
         cmd = self._command()
         self._stderr = tempfile.TemporaryFile()  # not a pipe: a chatty ffmpeg must never block on it
         try:
-            self._proc = _popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr)
+            self._proc = ffmpeg.start(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr)
         except BaseException:
             self._stderr.close()
             self._remove(self._video_path)
@@ -345,7 +163,7 @@ class VideoWriter:
     def _command(self) -> list[str]:
         w, h = self.size
         rate = self._rate
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
+        cmd = [ffmpeg.exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
                "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:0"]
         cmd += ["-map", "0:v:0",
@@ -353,32 +171,29 @@ class VideoWriter:
                        "format=yuv420p,setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709",
                 "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
         if self._video_path != self.path:
-            return cmd + ["-f", "mp4", str(self._video_path)]  # the audio pass makes the final file
+            return cmd + ["-f", "mp4", ffmpeg.file_url(self._video_path)]  # the audio pass makes the final file
         return cmd + self._container_args()
 
     def _container_args(self) -> list[str]:
         fmt = _FORMATS.get(self.path.suffix.lower(), "mp4")
-        return (["-movflags", "+faststart"] if fmt in ("mp4", "mov") else []) + ["-f", fmt, str(self.path)]
+        return (["-movflags", "+faststart"] if fmt in ("mp4", "mov") else []) + ["-f", fmt, ffmpeg.file_url(self.path)]
 
     def _mux_audio(self) -> None:
         """Copy the video and add the audio, padded with silence or cut to exactly the video's length."""
         audio = self.audio
         length = f"{float(self.frames_written / self._rate):.6f}"  # exactly the video's
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
-               "-i", str(self._video_path)]
+        cmd = [ffmpeg.exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
+               "-i", ffmpeg.file_url(self._video_path)]
         if audio.start_s:
             cmd += ["-ss", f"{audio.start_s:.6f}"]
         if audio.duration_s:
             cmd += ["-t", f"{audio.duration_s:.6f}"]
-        cmd += ["-i", str(audio.path), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+        cmd += ["-i", ffmpeg.file_url(audio.path), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
                 "-af", f"apad=whole_dur={length},atrim=duration={length}", "-c:a", "aac", "-b:a", "128k",
                 *self._container_args()]
-        try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
-        except OSError as exc:
-            raise EnvironmentProblem(f"ffmpeg does not start ({exc.strerror or exc})", subject=cmd[0]) from exc
+        proc = ffmpeg.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
         if proc.returncode != 0:
-            reason = _stderr_reason(proc.stderr.decode("utf-8", "replace"))
+            reason = ffmpeg.reason(proc.stderr.decode("utf-8", "replace"))
             raise OutputError(f"adding the audio failed ({reason})", subject=str(audio.path))
 
     # -- worker threads --
@@ -409,12 +224,13 @@ class VideoWriter:
         while (frame := self._png_q.get()) is not None:
             if self._error is not None:
                 continue
-            target = self.frames_dir / f"{index:06d}.png"
+            target = self.frames_dir / frame_name(index)
             index += 1
             try:
-                bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-                if not cv2.imwrite(str(target), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-                    raise OSError(f"cannot write {target}")
+                ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+                if not ok:
+                    raise OSError(f"cannot encode {target.name}")
+                write_new_file(target, png.tobytes())
             except BaseException as exc:
                 self._error = self._error or exc
 
@@ -452,7 +268,7 @@ class VideoWriter:
     def _read_reason(self) -> str:
         try:
             self._stderr.seek(0)
-            return _stderr_reason(self._stderr.read().decode("utf-8", "replace"))
+            return ffmpeg.reason(self._stderr.read().decode("utf-8", "replace"))
         except (OSError, ValueError):
             return "no message"
 

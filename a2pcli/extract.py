@@ -18,7 +18,7 @@ from a2pcli import __version__
 from a2pcli.cache import sha256_file
 from a2pcli.errors import InputError, NoFaceError
 from a2pcli.headpose import FaceReference, canonical, euler_from_matrix, fit_pose, load_reference
-from a2pcli.landmarks import FaceMeshDetector, detect_image, face_size
+from a2pcli.landmarks import NO_FACE_HINT, FaceMeshDetector, detect_image, face_size
 from a2pcli.media import VideoInfo, decode_size, is_image, load_image, probe_video, require_file, stream_frames
 from a2pcli.motion import Motion
 from a2pcli.progress import Reporter
@@ -41,7 +41,7 @@ def extract_motion(path: Path, opts: ExtractOptions = ExtractOptions(), reporter
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
     path = require_file(Path(path), "video or image")
-    _check_options(opts)
+    check_options(opts)
     ref = load_reference()
     if is_image(path):
         lm_list, fps, size, n_multi = _image_landmarks(path, opts, reporter)
@@ -55,7 +55,8 @@ def extract_motion(path: Path, opts: ExtractOptions = ExtractOptions(), reporter
     return motion, _summary(path, motion, counts, time.perf_counter() - t0)
 
 
-def _check_options(opts: ExtractOptions) -> None:
+def check_options(opts: ExtractOptions) -> None:
+    """The options' values, before any work."""
     if opts.fps is not None and opts.fps <= 0:
         raise InputError("must be positive", subject=f"--fps {opts.fps}")
     if opts.start is not None and opts.start < 0:
@@ -72,12 +73,9 @@ def _image_landmarks(path: Path, opts: ExtractOptions, reporter: Reporter):
     faces = detect_image(image)
     reporter.advance()
     if not faces:
-        raise NoFaceError("no face found in the image", subject=str(path), remedy=_NO_FACE_HINT)
+        raise NoFaceError("no face found in the image", subject=str(path), remedy=NO_FACE_HINT)
     h, w = image.shape[:2]
     return [faces[0]], opts.fps or IMAGE_FPS, (w, h), int(len(faces) > 1)
-
-
-_NO_FACE_HINT = "use a picture where one face is visible, roughly frontal, at least about 100 pixels tall"
 
 
 def _video_landmarks(info: VideoInfo, opts: ExtractOptions, reporter: Reporter):
@@ -165,7 +163,7 @@ def assemble(lm_list, fps: float, size, ref: FaceReference, opts: ExtractOptions
     """Per-frame detections -> Motion (gaps filled, smoothed, pose fitted) and frame counts."""
     n_valid = sum(lm is not None for lm in lm_list)
     if n_valid == 0:
-        raise NoFaceError(f"no face found in any of {len(lm_list)} frames", subject=str(path), remedy=_NO_FACE_HINT)
+        raise NoFaceError(f"no face found in any of {len(lm_list)} frames", subject=str(path), remedy=NO_FACE_HINT)
     if n_valid < opts.min_face_fraction * len(lm_list):
         raise NoFaceError(
             f"a face was found in only {n_valid} of {len(lm_list)} frames",

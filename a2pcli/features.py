@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000  # Hz, what the features (and a2p's audio loader) use
+from a2pcli.audio import SAMPLE_RATE  # Hz, what the features read (a2p's audio loader's rate)
+
 WIN_LENGTH = 400  # samples: 25 ms analysis window (Hann)
 HOP_LENGTH = 160  # samples: 10 ms between frames
 N_FFT = 512  # FFT size: the window zero-padded to the next power of two
@@ -38,8 +39,8 @@ SPEECH_RANGE_DB = 30.0  # frames this close to the speech level shape the per-ba
 FLOOR_DB = 50.0  # features are clipped this far below the speech-frame mean of their band
 SILENCE_DBFS = -60.0  # an utterance whose speech level is below this is silence
 FEATURE_SCALE = 4.0  # natural-log units per feature unit: keeps features roughly in [-3, 1]
-_DB_PER_NEPER = 10.0 / np.log(10.0)  # 10 log10(p) = _DB_PER_NEPER * ln(p)
-FLOOR = -FLOOR_DB / _DB_PER_NEPER / FEATURE_SCALE  # the value of silence in normalised features
+DB_PER_NEPER = 10.0 / np.log(10.0)  # 10 log10(p) = DB_PER_NEPER * ln(p)
+FLOOR = -FLOOR_DB / DB_PER_NEPER / FEATURE_SCALE  # the value of silence in normalised features
 
 
 def _hz_to_mel(hz):
@@ -121,7 +122,7 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
 def frame_level_db(logmel: np.ndarray) -> np.ndarray:
     """(T, N_MELS) ln mel power -> (T,) frame level in dB re a full-scale sine."""
     m = logmel.max(axis=1, keepdims=True)
-    return (_DB_PER_NEPER * (m[:, 0] + np.log(np.exp(logmel - m).sum(axis=1)))).astype(np.float32)
+    return (DB_PER_NEPER * (m[:, 0] + np.log(np.exp(logmel - m).sum(axis=1)))).astype(np.float32)
 
 
 def normalise(logmel: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Reading images and streaming video frames through the ffmpeg that imageio-ffmpeg bundles.
+"""Reading images, and streaming video frames through the ffmpeg that imageio-ffmpeg bundles (a2pcli.ffmpeg).
 
     load_image(path)      -> (H, W, 3) uint8 RGB, EXIF orientation applied, alpha dropped
     probe_video(path)     -> VideoInfo (fps, size, duration, estimated frame count, audio)
@@ -9,7 +9,6 @@ Files are recognised by their content, not their name (a `.png` holding JPEG dat
 from __future__ import annotations
 
 import queue
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from a2pcli import ffmpeg
 from a2pcli.errors import InputError
 
 PREFETCH_FRAMES = 8  # decoded frames buffered ahead of the consumer (bounded memory)
@@ -80,37 +80,17 @@ def load_image(path: Path) -> np.ndarray:
         raise InputError(f"not an image Pillow can read ({exc})", subject=str(path), remedy="use a PNG or JPEG") from exc
 
 
-_FFMPEG_PLAIN = {  # ffmpeg's words -> what they mean for the user
-    "does not contain any stream": "it has no video stream",
-    "moov atom not found": "the file is truncated or still being written (no moov atom)",
-    "Invalid data found when processing input": "its content is not a known audio/video format",
-}
-
-
-def _ffmpeg_reason(exc: Exception) -> str:
-    """The most telling line of an ffmpeg failure, in plain words where we know them."""
-    for key, plain in _FFMPEG_PLAIN.items():
-        if key.lower() in str(exc).lower():
-            return plain
-    lines = [re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", ln.strip()) for ln in str(exc).splitlines() if ln.strip()]
-    for key in ("Invalid data", "moov atom", "No such file", "does not contain", "Permission denied", "error"):
-        for ln in lines:
-            if key.lower() in ln.lower():
-                return ln[:200]
-    return (lines[-1] if lines else type(exc).__name__)[:200]
-
-
 def probe_video(path: Path) -> VideoInfo:
     import imageio_ffmpeg
 
     path = require_file(path, "video")
     try:
-        gen = imageio_ffmpeg.read_frames(str(path))
+        gen = imageio_ffmpeg.read_frames(ffmpeg.file_url(path))
         meta = next(gen)
         gen.close()
     except (OSError, RuntimeError, StopIteration) as exc:
         raise InputError(
-            f"not a video ffmpeg can read ({_ffmpeg_reason(exc)})",
+            f"not a video ffmpeg can read ({ffmpeg.reason(str(exc))})",
             subject=str(path),
             remedy="check that the file is a complete video (mp4, mov, mkv, webm, avi...)",
         ) from exc
@@ -166,13 +146,12 @@ def stream_frames(
     if (w, h) != (info.width, info.height):
         filters.append(f"scale={w}:{h}:flags=area")
     output_params = ["-vf", ",".join(filters)] if filters else []
-    gen = imageio_ffmpeg.read_frames(
-        str(info.path), pix_fmt="rgb24", input_params=input_params or None, output_params=output_params or None
-    )
+    gen = imageio_ffmpeg.read_frames(ffmpeg.file_url(info.path), pix_fmt="rgb24", input_params=input_params or None,
+                                     output_params=output_params or None)
     try:
         next(gen)  # metadata
     except (OSError, RuntimeError, StopIteration) as exc:
-        raise InputError(f"ffmpeg cannot decode it ({_ffmpeg_reason(exc)})", subject=str(info.path)) from exc
+        raise InputError(f"ffmpeg cannot decode it ({ffmpeg.reason(str(exc))})", subject=str(info.path)) from exc
     yield from _prefetch(gen, (h, w, 3), info.path)
 
 
@@ -202,7 +181,7 @@ def _prefetch(gen, shape: tuple[int, int, int], path: Path) -> Iterator[np.ndarr
             if item is done:
                 return
             if isinstance(item, BaseException):
-                raise InputError(f"decoding failed ({_ffmpeg_reason(item)})", subject=str(path)) from item
+                raise InputError(f"decoding failed ({ffmpeg.reason(str(item))})", subject=str(path)) from item
             yield item
     finally:
         stop.set()

@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from a2pcli.errors import InputError
-from a2pcli.headpose import euler_from_matrix, matrix_from_euler
+from a2pcli.headpose import CM_PER_FACE_UNIT, euler_from_matrix, matrix_from_euler
 
 POSE_FORMAT = "a2p.pose"
 POSE_VERSION = 1
 ANIPORTRAIT_FPS = 30.0  # AniPortrait resamples its templates to 30 fps (generate_ref_pose.py)
-CM_PER_FACE_UNIT = 9.0  # about the outer-eye-corner distance of MediaPipe's metric canonical face
 _FLIP_GL = np.diag([1.0, -1.0, -1.0]).astype(np.float32)  # OpenGL camera frame <-> image frame
 
 _ARRAYS = ("landmarks", "valid", "filled", "rotation", "translation", "scale", "expression", "reference")

@@ -25,7 +25,8 @@ import numpy as np
 from a2pcli import facemesh as fm
 from a2pcli.eyelids import EYES, EyeLid
 from a2pcli.eyelids import coverage as lid_coverage
-from a2pcli.retarget import PortraitFace, Targets
+from a2pcli.mouth import inner_lip_polygon, lip_and_skin_colour, lip_gap, open_mouth_gap
+from a2pcli.retarget import FaceTargets, PortraitFace
 
 SHELL_LEVELS = (1.3, 1.8)  # the face oval scaled about its centre: rigid head points (hair, ears)
 SHELL_MAX_Y = 0.45  # face units: oval points below this (the jaw and chin) get no shell: the neck stays put
@@ -40,10 +41,6 @@ TPS_REG_FEATURE = 2e-3  # at lid points and anchors: close to exact, so the eyes
 TPS_REG_LIPS = 2e-4  # at lip points: nearly exact, so lips meet when they close
 MOUTH_FEATHER = 0.7  # px: softness of the inner lip line
 OPEN_FULL = 0.035  # face units of extra lip gap at which the synthesised interior is fully shown
-OPEN_PORTRAIT = 0.03  # face units: a portrait whose lips part more than this may have a mouth interior to hide
-OPEN_VISIBLE = 0.012  # face units: ... and does when its visible interior (cavity, teeth) is at least this tall
-INTERIOR_DARK, INTERIOR_BRIGHT = 0.6, 1.25  # luminance relative to the lips': cavity below, teeth above
-INTERIOR_SATURATION = 0.85  # teeth are also paler than the lips (saturation relative to theirs): not a highlight
 SEAL_DARK = 0.55  # the line where closing lips meet, relative to the lip colour
 # Spacing of the warp field's nodes, face units: fine across the face and finest over the lids and lips,
 # whose points move in opposite directions a few pixels apart; coarse over hair and background.
@@ -57,7 +54,7 @@ MIN_COVER = 0.02  # the lid layer is drawn where it covers at least this fractio
 
 
 @dataclass(frozen=True)
-class Region:
+class WorkingRegion:
     x0: int
     y0: int
     x1: int
@@ -72,14 +69,14 @@ class Region:
         return self.y1 - self.y0
 
 
-def working_region(face: PortraitFace, size: tuple[int, int], margin: float = 0.0) -> Region:
+def working_region(face: PortraitFace, size: tuple[int, int], margin: float = 0.0) -> WorkingRegion:
     """The square around the face (clipped to the image) outside which the renderer changes nothing."""
     w, h = size
     cx, cy = face.translation[:2]
     half = (ROI_HALF + margin) * face.scale
     x0, y0 = max(0, int(np.floor(cx - half))), max(0, int(np.floor(cy - half)))
     x1, y1 = min(w, int(np.ceil(cx + half))), min(h, int(np.ceil(cy + half)))
-    return Region(x0, y0, x1, y1)
+    return WorkingRegion(x0, y0, x1, y1)
 
 
 def _shell_canon(face: PortraitFace) -> np.ndarray:
@@ -91,7 +88,7 @@ def _shell_canon(face: PortraitFace) -> np.ndarray:
     return np.concatenate(shells).astype(np.float32)
 
 
-def _static_points(face: PortraitFace, roi: Region) -> np.ndarray:
+def _static_points(face: PortraitFace, roi: WorkingRegion) -> np.ndarray:
     a = np.linspace(0, 2 * np.pi, RING_POINTS, endpoint=False)
     ring = face.translation[None, :2] + RING_RADIUS * face.scale * np.stack([np.cos(a), np.sin(a)], 1)
     t = np.linspace(0, 1, BORDER_POINTS)
@@ -106,68 +103,6 @@ def _static_points(face: PortraitFace, roi: Region) -> np.ndarray:
     row = np.stack([xs_t, np.full_like(xs_t, TORSO_Y), np.zeros_like(xs_t)], 1).astype(np.float32)
     torso = apply_pose(row[None], face.rotation[None], face.translation[None], np.array([face.scale], np.float32))
     return np.concatenate([ring, border, torso[0, :, :2]]).astype(np.float32)
-
-
-def _colour_stats(image: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, float]:
-    """The portrait's lip colour (RGB 0..1) and skin luminance, sampled at landmarks."""
-    h, w = image.shape[:2]
-
-    def sample(pts: np.ndarray) -> np.ndarray:
-        xy = np.clip(np.round(pts[:, :2]).astype(int), 0, [w - 1, h - 1])
-        return image[xy[:, 1], xy[:, 0]].astype(np.float32) / 255.0
-
-    outer = np.concatenate([fm.LIPS_OUTER_UPPER[2:-2], fm.LIPS_OUTER_LOWER[2:-2]])
-    inner = np.concatenate([fm.LIPS_INNER_UPPER[2:-2], fm.LIPS_INNER_LOWER[2:-2]])
-    lip = np.median(sample(0.5 * (lm[outer] + lm[inner])), 0)
-    skin = np.median(sample(lm[fm.CHEEKS]), 0)
-    lum = float(skin @ np.array([0.299, 0.587, 0.114]))
-    return lip, lum
-
-
-def _inner_lip_polygon(lm: np.ndarray) -> np.ndarray:
-    return np.concatenate([lm[fm.LIPS_INNER_UPPER, :2], lm[fm.LIPS_INNER_LOWER[::-1], :2]])
-
-
-def visible_interior(image: np.ndarray, lm: np.ndarray, scale: float) -> float:
-    """Mean height, face units, of the mouth interior the portrait shows: the pixels between its inner lip
-    lines that are much darker (the cavity) than its lips, or brighter and paler (teeth), over the mouth's
-    width.
-    Landmarks often part a little on closed lips (the inner lip lines sit inside the lips): this tells an
-    open mouth from such closed lips. A dark seam where the lips meet counts too: on a small face (a seam
-    two pixels thick) such closed lips can still pass for an open mouth."""
-    import cv2
-
-    h, w = image.shape[:2]
-    poly = _inner_lip_polygon(lm)
-    x0, y0 = np.clip(np.floor(poly.min(0)).astype(int) - 1, 0, [w - 1, h - 1])
-    x1, y1 = np.clip(np.ceil(poly.max(0)).astype(int) + 2, 1, [w, h])
-    if x1 <= x0 or y1 <= y0:
-        return 0.0
-    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    cv2.fillPoly(mask, [np.round(poly - [x0, y0]).astype(np.int32)], 1)
-    px = image[y0:y1, x0:x1][mask > 0].astype(np.float32) / 255.0
-    if not len(px):
-        return 0.0
-    luma = np.array([0.299, 0.587, 0.114], np.float32)
-    lip, _ = _colour_stats(image, lm)
-    lip_l = max(float(lip @ luma), 1e-3)
-    lip_s = float(lip.max() - lip.min()) / max(float(lip.max()), 1e-3)
-    lum = px @ luma
-    sat = (px.max(-1) - px.min(-1)) / np.maximum(px.max(-1), 1e-3)
-    teeth = (lum > INTERIOR_BRIGHT * lip_l) & (sat < INTERIOR_SATURATION * lip_s)
-    shown = int(np.count_nonzero((lum < INTERIOR_DARK * lip_l) | teeth))
-    width = float(np.linalg.norm(lm[fm.LIPS_INNER_UPPER[0], :2] - lm[fm.LIPS_INNER_UPPER[-1], :2]))
-    return shown / max(width, 1.0) / max(float(scale), 1e-6)
-
-
-def open_mouth_gap(image: np.ndarray, face: PortraitFace) -> float:
-    """The portrait's inner lip gap (face units) when its mouth is open: its lip lines part by more than
-    OPEN_PORTRAIT and it shows an interior (visible_interior, at least OPEN_VISIBLE); else 0, closed lips
-    included whatever their landmarks say. The lip lines meeting closes the mouth."""
-    gap = float(_lip_gap(face.canon[None])[0])
-    if gap <= OPEN_PORTRAIT:
-        return 0.0
-    return gap if visible_interior(image, face.landmarks, face.scale) >= OPEN_VISIBLE else 0.0
 
 
 @dataclass
@@ -222,7 +157,7 @@ class WarpRenderer:
     `plan` is the whole target sequence (or a representative part): it decides where the warp field needs
     fine nodes and how far the head travels."""
 
-    def __init__(self, image: np.ndarray, face: PortraitFace, plan: Targets, device: str = "cpu",
+    def __init__(self, image: np.ndarray, face: PortraitFace, plan: FaceTargets, device: str = "cpu",
                  still_background: bool = True):
         import torch
 
@@ -304,10 +239,10 @@ class WarpRenderer:
             self.ident = ident
 
         # mouth
-        lip, lum = _colour_stats(self.image, face.landmarks)
+        lip, lum = lip_and_skin_colour(self.image, face.landmarks)
         self.lip_rgb = torch.tensor(lip, device=dev, dtype=f32)
         self.teeth_rgb = torch.tensor([0.85, 0.82, 0.76], device=dev, dtype=f32) * float(np.clip(lum / 0.6, 0.4, 1.0))
-        self.portrait_gap = float(_lip_gap(face.canon[None])[0])
+        self.portrait_gap = float(lip_gap(face.canon[None])[0])
         # the parting of the portrait's inner lip lines per point (face units): on closed lips it is lip,
         # and the synthesised interior opens only between what parts beyond it
         self.seal = np.clip(face.canon[fm.LIPS_INNER_LOWER, 1] - face.canon[fm.LIPS_INNER_UPPER, 1], 0.0, None)
@@ -317,7 +252,7 @@ class WarpRenderer:
         if open_mouth_gap(self.image, face) > 0:
             import cv2
 
-            poly = _inner_lip_polygon(face.landmarks)
+            poly = inner_lip_polygon(face.landmarks)
             mask = np.zeros((roi.h, roi.w), np.float32)
             cv2.fillPoly(mask, [np.round((poly - self.origin) * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
             self.interior = cv2.GaussianBlur(mask, (0, 0), 1.0)
@@ -325,7 +260,7 @@ class WarpRenderer:
                 self.src_t = torch.cat([self.src_t, torch.from_numpy(self.interior).to(dev)[None, None]], 1)
         self.mouth_side = min(int(np.ceil(1.0 * unit)) | 1, roi.w, roi.h)
 
-    def _plan_patches(self, plan: Targets) -> list[Patch]:
+    def _plan_patches(self, plan: FaceTargets) -> list[Patch]:
         unit, roi = self.unit, self.roi
         lm = plan.landmarks[..., :2] - self.origin  # (T, 478, 2)
         m = PATCH_MARGIN * unit
@@ -345,7 +280,7 @@ class WarpRenderer:
                 Patch.over(box(right_eye), STEP_EYE * unit, size, PATCH_MAX_NODES),
                 Patch.over(box(left_eye), STEP_EYE * unit, size, PATCH_MAX_NODES)]
 
-    def _targets(self, tgt: Targets) -> "torch.Tensor":
+    def _targets(self, tgt: FaceTargets) -> "torch.Tensor":
         from a2pcli.headpose import apply_pose
 
         n = len(tgt)
@@ -355,7 +290,7 @@ class WarpRenderer:
         pts = torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)).to(self.device)
         return torch.cat([pts, self.static[None].expand(n, -1, -1)], 1)  # (B, N, 2)
 
-    def coarse_field(self, tgt: Targets) -> "torch.Tensor":
+    def coarse_field(self, tgt: FaceTargets) -> "torch.Tensor":
         """Backward displacement at the nodes, (B, G, 2) pixels: output + field = portrait position.
 
         A thin-plate spline through the control points, solved per frame in face units."""
@@ -378,12 +313,12 @@ class WarpRenderer:
 
     # ---- frames -----------------------------------------------------------------------------------
 
-    def render(self, tgt: Targets) -> np.ndarray:
+    def render(self, tgt: FaceTargets) -> np.ndarray:
         """(B, H, W, 3) uint8 whole frames."""
         from a2pcli.headpose import canonical
 
         canon = canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale)
-        gap = _lip_gap(canon)
+        gap = lip_gap(canon)
         tgt, lids = self._open_lids(tgt, canon)
         closing = None
         if self.interior is not None:
@@ -492,7 +427,7 @@ class WarpRenderer:
         warped = cv2.remap(self.backdrop.layer, dense, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         self.backdrop.composite(warped, region)
 
-    def _open_lids(self, tgt: Targets, canon: np.ndarray) -> tuple[Targets, list]:
+    def _open_lids(self, tgt: FaceTargets, canon: np.ndarray) -> tuple[FaceTargets, list]:
         """The targets with each upper lid kept at the portrait's distance from the lower one (the lid layer
         closes the eye, not the warp), and the lid layer's work: (frame, eye, coverage, box) for every frame
         and eye that the lid covers, box: x0, y0, x1, y1 working-region pixels where it can show."""
@@ -513,7 +448,7 @@ class WarpRenderer:
             corners = tgt.landmarks[todo][:, [upper[0], upper[-1]], :2] - self.origin
             boxes = lid.boxes(corners)
             work += [(int(i), e, float(cover[i]), tuple(b)) for i, b in zip(todo, boxes)]
-        return (tgt if lm is None else Targets(lm, tgt.rotation, tgt.translation, tgt.scale)), work
+        return (tgt if lm is None else FaceTargets(lm, tgt.rotation, tgt.translation, tgt.scale)), work
 
     def _lid_box(self, box: tuple, patch: Patch) -> tuple[int, int, int, int] | None:
         x0, y0 = max(box[0], patch.x0), max(box[1], patch.y0)
@@ -559,7 +494,7 @@ class WarpRenderer:
 
     # ---- mouth ------------------------------------------------------------------------------------
 
-    def _mouth_layer(self, tgt: Targets, gap: np.ndarray):
+    def _mouth_layer(self, tgt: FaceTargets, gap: np.ndarray):
         """The synthesised interior for frames whose lips part further than the portrait's, or None.
         Returns alpha (M, S, S) and colour (M, 3, S, S) 0..255 for M frames at working-region offsets."""
         torch = self.torch
@@ -627,11 +562,6 @@ class _MouthLayer:
     where: tuple  # frame indices in the batch, x0, y0 in the working region
 
 
-def _lip_gap(canon: np.ndarray) -> np.ndarray:
-    """Inner lip gap at the middle of the mouth, face units. canon: (T, 478, 3) -> (T,)"""
-    return (canon[:, fm.LIPS_INNER_LOWER[3:-3], 1] - canon[:, fm.LIPS_INNER_UPPER[3:-3], 1]).mean(1)
-
-
 def _solve(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
     """Batched small linear solves. On CPU through NumPy: torch's batched CPU LU fails under some thread
     settings ("pivots given to lu_solve must all be greater or equal to 1")."""
@@ -666,8 +596,3 @@ def _interp(x: "torch.Tensor", xp: "torch.Tensor", fp: "torch.Tensor") -> "torch
     f0, f1 = fp.gather(1, i - 1), fp.gather(1, i)
     t = ((x - x0) / (x1 - x0).clamp_min(1e-6)).clamp(0.0, 1.0)
     return f0 + t * (f1 - f0)
-
-
-def slice_targets(tgt: Targets, start: int, stop: int) -> Targets:
-    return Targets(tgt.landmarks[start:stop], tgt.rotation[start:stop], tgt.translation[start:stop],
-                   tgt.scale[start:stop])

@@ -7,7 +7,7 @@ Eyelids retarget by openness ratio so that a driver's full blink closes the port
 their size; lips never cross.
 
     face = portrait_face(landmarks, reference)       # the portrait's pose and canonical shape
-    tgt = retarget(face, motion, RetargetOptions())  # Targets: (T, 478, 3) landmarks + per-frame pose
+    tgt = retarget(face, motion, RetargetOptions())  # FaceTargets: (T, 478, 3) landmarks + per-frame pose
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ class RetargetOptions:
 
 
 @dataclass
-class Targets:
+class FaceTargets:
+    """What the renderers draw: the portrait's landmarks and head pose in every frame."""
+
     landmarks: np.ndarray  # (T, 478, 3) pixels of the portrait
     rotation: np.ndarray  # (T, 3, 3)
     translation: np.ndarray  # (T, 3)
@@ -54,6 +56,25 @@ class Targets:
     def __len__(self) -> int:
         return len(self.landmarks)
 
+    def slice(self, start: int, stop: int) -> FaceTargets:
+        return FaceTargets(self.landmarks[start:stop], self.rotation[start:stop], self.translation[start:stop],
+                           self.scale[start:stop])
+
+    def resample(self, n: int, src_fps: float, dst_fps: float) -> FaceTargets:
+        """`n` frames at `dst_fps`, by linear interpolation in time (rotations re-orthonormalised)."""
+        t = np.arange(n) * (src_fps / dst_fps)
+        i0 = np.clip(np.floor(t).astype(int), 0, len(self) - 1)
+        i1 = np.clip(i0 + 1, 0, len(self) - 1)
+        a = (t - np.floor(t)).astype(np.float32)
+
+        def lerp(v: np.ndarray) -> np.ndarray:
+            w = a.reshape(-1, *([1] * (v.ndim - 1)))
+            return (v[i0] * (1 - w) + v[i1] * w).astype(np.float32)
+
+        u, _, vt = np.linalg.svd(lerp(self.rotation))
+        rot = (u @ vt).astype(np.float32)
+        return FaceTargets(lerp(self.landmarks), rot, lerp(self.translation), lerp(self.scale))
+
 
 def portrait_face(landmarks: np.ndarray, ref: FaceReference) -> PortraitFace:
     r, t, s = fit_pose(landmarks[None], ref)
@@ -61,7 +82,7 @@ def portrait_face(landmarks: np.ndarray, ref: FaceReference) -> PortraitFace:
     return PortraitFace(landmarks.astype(np.float32), r[0], t[0], float(s[0]), canon)
 
 
-def region_weights(ref_mean: np.ndarray, region: str) -> np.ndarray:
+def expression_weights(ref_mean: np.ndarray, region: str) -> np.ndarray:
     """(478,) weight in [0, 1] of the expression change each landmark takes for `region`."""
     n = len(ref_mean)
     if region in ("all", "expression"):
@@ -78,7 +99,7 @@ def region_weights(ref_mean: np.ndarray, region: str) -> np.ndarray:
     raise InputError(f"unknown region {region!r}", subject="--region", remedy=f"use one of {', '.join(REGIONS)}")
 
 
-def _rotation_power(r: np.ndarray, k: float) -> np.ndarray:
+def rotation_power(r: np.ndarray, k: float) -> np.ndarray:
     """R**k for (T, 3, 3) rotations (axis-angle scaling)."""
     if k == 1.0:
         return r
@@ -117,7 +138,7 @@ def _retarget_eyelids(base: np.ndarray, delta: np.ndarray, drive_ref: np.ndarray
     return delta
 
 
-def _no_crossing(canon: np.ndarray) -> np.ndarray:
+def no_crossing(canon: np.ndarray) -> np.ndarray:
     """Lower inner lip / lower lid never above the upper one (T, 478, 3) in place."""
     for upper, lower in ((fm.LIPS_INNER_UPPER, fm.LIPS_INNER_LOWER),) + EYE_PAIRS:
         u, lo = canon[:, upper[1:-1], 1], canon[:, lower[1:-1], 1]
@@ -128,10 +149,10 @@ def _no_crossing(canon: np.ndarray) -> np.ndarray:
     return canon
 
 
-def retarget(face: PortraitFace, motion: Motion, opts: RetargetOptions, ref_mean: np.ndarray) -> Targets:
+def retarget(face: PortraitFace, motion: Motion, opts: RetargetOptions, ref_mean: np.ndarray) -> FaceTargets:
     """The portrait's landmarks and pose for every frame of `motion`."""
     if opts.region not in REGIONS:
-        region_weights(ref_mean, opts.region)  # raises the error
+        expression_weights(ref_mean, opts.region)  # raises the error
     n = len(motion)
     if not 0 <= opts.ref_frame < n:
         raise InputError(f"reference frame {opts.ref_frame} is outside the motion's {n} frames",
@@ -141,7 +162,7 @@ def retarget(face: PortraitFace, motion: Motion, opts: RetargetOptions, ref_mean
 
     # head pose: the driver's rotation since frame k, applied to the portrait's own
     rel = motion.rotation @ motion.rotation[k].T
-    rot = _rotation_power(rel, pose_k) @ face.rotation
+    rot = rotation_power(rel, pose_k) @ face.rotation
     if motion.frame_size == (0, 0) or motion.landmarks is None:
         unit = 1.0  # templates: translation already in face units
         scale_ratio = np.ones(n, np.float32)
@@ -155,12 +176,12 @@ def retarget(face: PortraitFace, motion: Motion, opts: RetargetOptions, ref_mean
 
     canon = np.repeat(face.canon[None], n, 0)
     if motion.expression is not None and opts.region != "pose" and opts.expression_scale > 0:
-        w = region_weights(ref_mean, opts.region)
+        w = expression_weights(ref_mean, opts.region)
         drive = motion.expression
         delta = (drive - drive[k][None]) * (opts.expression_scale * w)[None, :, None]
         drive_ref = (motion.reference if motion.reference is not None else ref_mean) + drive[k]
         delta = _retarget_eyelids(face.canon, delta, drive_ref, w)
-        canon = _no_crossing(canon + delta)
+        canon = no_crossing(canon + delta)
     lm = apply_pose(canon.astype(np.float32), rot.astype(np.float32), trans.astype(np.float32),
                     scale.astype(np.float32))
-    return Targets(lm, rot.astype(np.float32), trans.astype(np.float32), scale.astype(np.float32))
+    return FaceTargets(lm, rot.astype(np.float32), trans.astype(np.float32), scale.astype(np.float32))

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from a2pcli import facemesh as fm
+from a2pcli.audio import SAMPLE_RATE
 from a2pcli.headpose import apply_pose
 from a2pcli.motion import Motion
-from a2pcli.retarget import PortraitFace, Targets, _no_crossing, _rotation_power, region_weights
+from a2pcli.retarget import FaceTargets, PortraitFace, expression_weights, no_crossing, rotation_power
 
-SAMPLE_RATE = 16000
 # A blink: the lids close in about 80 ms, stay shut for a frame or so, and reopen more slowly (real blinks
 # last 100-400 ms, the closing phase the quickest).
 BLINK_CLOSE_S, BLINK_SHUT_S, BLINK_OPEN_S = 0.08, 0.04, 0.17
@@ -46,8 +46,8 @@ class TalkOptions:
     still: bool = False
     pose_scale: float = 1.0
     expression_scale: float = 1.0
-    blink_rate: float = 17.0  # per minute
-    seed: int = 0
+    blink_rate: float = 17.0  # per minute: a typical adult's spontaneous blink rate in conversation
+    seed: int = 0  # blinks and generated head motion (a pipeline job passes its own seed)
 
 
 def loudness(audio: np.ndarray, fps: float, n: int) -> np.ndarray:
@@ -223,22 +223,13 @@ def template_motion(motion: Motion, n: int, fps: float) -> tuple[np.ndarray, np.
     return rel, shift, expr
 
 
-def closed_rest(open_gap: float, opening_shape: np.ndarray) -> np.ndarray:
-    """(478, 3) delta that closes a portrait's open mouth: its lip gap `open_gap` (face units,
-    render.open_mouth_gap; 0 for a closed mouth) taken back along the model's own mouth opening
-    (`Audio2Motion.opening_shape()`: the jaw rises with the lower lip). The model's lips are relative to a
-    closed mouth at rest: on an open-mouthed portrait they start from this rest, so the mouth closes in
-    silence and between syllables as a speaker's does, instead of never closing further than the portrait."""
-    return (-float(max(open_gap, 0.0)) * opening_shape).astype(np.float32)
-
-
 def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips: np.ndarray, opts: TalkOptions,
                  ref_mean: np.ndarray, template: Motion | None = None,
-                 rest: np.ndarray | None = None, image: np.ndarray | None = None) -> tuple[Targets, list[str]]:
+                 rest: np.ndarray | None = None, image: np.ndarray | None = None) -> tuple[FaceTargets, list[str]]:
     """Target landmarks and pose for n frames of speech. `lips`: (n, 478, 3) expression deltas from the
     audio2motion model; `rest`: (478, 3) delta from the portrait to the closed mouth they are relative to
-    (closed_rest), None for a portrait whose mouth is closed; `image`: the portrait's pixels, which (with the
-    seed and the speech) decide when it blinks (blink_seed)."""
+    (mouth.closed_rest), None for a portrait whose mouth is closed; `image`: the portrait's pixels, which (with
+    the seed and the speech) decide when it blinks (blink_seed)."""
     notes: list[str] = []
     rng = np.random.default_rng(opts.seed)
     db = loudness(audio, fps, n)
@@ -255,12 +246,12 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
                 notes.append("the template has no expression (an AniPortrait head-pose template): "
                              "--template-region uses its head motion only")
             else:
-                w = region_weights(ref_mean, "eyes")
+                w = expression_weights(ref_mean, "eyes")
                 if opts.template_region == "pose+eyes+brows":
                     brows = np.zeros_like(w)
                     brows[np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW, fm.FOREHEAD])] = 1.0
                     w = np.maximum(w, brows)
-                lips_w = region_weights(ref_mean, "lips")
+                lips_w = expression_weights(ref_mean, "lips")
                 expr_w = (w * (1 - lips_w))[None, :, None]  # the lips always follow the speech
         if len(template) * fps / template.fps < n:
             notes.append("the head-motion template is shorter than the audio: it is played back and forth")
@@ -268,7 +259,7 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
         from a2pcli.headpose import matrix_from_euler
 
         rel = matrix_from_euler(generated_head(db, fps, rng))
-    rel = _rotation_power(rel.astype(np.float32), opts.pose_scale) if not opts.still else rel
+    rel = rotation_power(rel.astype(np.float32), opts.pose_scale) if not opts.still else rel
     t = np.arange(n) / fps
     shift = shift * opts.pose_scale
     shift[:, 1] += BREATH_UNITS * np.sin(2 * np.pi * BREATH_HZ * t)
@@ -285,6 +276,6 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
         canon += blink_delta(face.canon, closure[a:b])
         if expr_w is not None:
             canon += expr[a:b] * expr_w
-        canon = _no_crossing(canon)
+        canon = no_crossing(canon)
         lm[a:b] = apply_pose(canon.astype(np.float32), rot[a:b], trans[a:b], scale[a:b])
-    return Targets(lm, rot, trans, scale), notes
+    return FaceTargets(lm, rot, trans, scale), notes

@@ -45,58 +45,62 @@ def timed_cli(args: list[str]) -> dict:
 
 
 def in_process(args) -> dict:
-    """audio -> lips -> targets -> rendered, encoded video, timed stage by stage in this process."""
+    """The library's audio2video pipeline (a2pcli.pipeline.talking), timed stage by stage in this process:
+    speech -> motion -> target landmarks -> rendered, encoded video."""
     import numpy as np
 
     t0 = time.perf_counter()
-    from a2pcli.animate import AnimateOptions, Portrait, render_video
-    from a2pcli.audio2motion import load_model
-    from a2pcli.encode import load_audio, probe_audio
-    from a2pcli.headpose import load_reference
+    from a2pcli.audio import SAMPLE_RATE, load_audio
+    from a2pcli.pipeline.options import RenderOptions, TalkJob
+    from a2pcli.pipeline.portrait import Portrait
+    from a2pcli.pipeline.talking import TalkRun
     from a2pcli.retarget import portrait_face
-    from a2pcli.talk import TalkOptions, talk_targets
 
     times = {"imports": time.perf_counter() - t0}
     t = time.perf_counter()
     import torch  # noqa: F401 - timed on its own: seconds with a CUDA build of torch
 
     times["import_torch"] = time.perf_counter() - t
+    run = TalkRun(TalkJob(render=RenderOptions(device=args.device)))
     t = time.perf_counter()
-    speech = load_audio(args.audio, 16000)
-    speech = np.tile(speech, int(np.ceil(args.seconds * 16000 / len(speech))))[: int(args.seconds * 16000)]
-    track = probe_audio(args.audio)
-    times["audio"] = time.perf_counter() - t
-    t = time.perf_counter()
-    model = load_model(device="cpu")
-    n = int(round(len(speech) / 16000 * 25))
-    lips = model.predict(speech, 25.0, n)
-    times["speech_to_motion"] = time.perf_counter() - t
-    t = time.perf_counter()
+    run.prepare()
+    times["load_model"] = time.perf_counter() - t
     with np.load(args.bundle) as z:
-        ref = load_reference()
-        portrait = Portrait(z["image"], portrait_face(z["landmarks"], ref), args.portrait, 1)
-    tgt, _ = talk_targets(portrait.face, speech, 25.0, n, lips, TalkOptions(), ref.mean)
-    times["head_blinks_targets"] = time.perf_counter() - t
-    t = time.perf_counter()
+        portrait = Portrait(z["image"], portrait_face(z["landmarks"], run.models.reference()), args.portrait, 1)
     out = Path(tempfile.mkdtemp()) / "talk.mp4"
-    summary = render_video(portrait, tgt, 25.0, out, AnimateOptions(device=args.device), audio=track)
-    times["render_and_encode"] = time.perf_counter() - t
-    res = {k: round(v, 3) for k, v in times.items()}
+
+    def clip() -> dict:
+        """One clip's stages: audio, speech to motion, targets (head, blinks, lips), render and encode."""
+        stage = {}
+        t = time.perf_counter()
+        n = int(args.seconds * SAMPLE_RATE)
+        speech = load_audio(args.audio, SAMPLE_RATE)
+        speech = np.tile(speech, int(np.ceil(n / len(speech))))[:n]
+        stage["audio"] = time.perf_counter() - t
+        t = time.perf_counter()
+        motion = run.speech(speech)
+        stage["audio_and_speech_to_motion"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tgt, _ = run.targets(portrait, motion)
+        stage["head_blinks_targets"] = time.perf_counter() - t
+        t = time.perf_counter()
+        summary = run.renderer.render(portrait, tgt, run.job.fps, out, motion.track, run.reporter)
+        stage["render_and_encode"] = time.perf_counter() - t
+        return {**stage, "frames": summary["frames"], "device": summary["device"], "batch": summary["batch_size"]}
+
+    first = clip()
+    res = {k: round(v, 3) if isinstance(v, float) else v for k, v in {**times, **first}.items()}
     res["total_s"] = round(time.perf_counter() - t0, 3)
-    res["frames"], res["device"], res["batch"] = summary["frames"], summary["device"], summary["batch_size"]
     # later clips of a batch in the same process (what `a2p audio2video faces/*.png speech.wav` and
     # shell loops over a long-lived process pay): audio, speech to motion, targets, render, encode
     later = []
     for _ in range(max(0, args.clips - 1)):
         t = time.perf_counter()
-        speech = load_audio(args.audio, 16000)
-        speech = np.tile(speech, int(np.ceil(args.seconds * 16000 / len(speech))))[: int(args.seconds * 16000)]
-        lips = model.predict(speech, 25.0, n)
-        tgt, _ = talk_targets(portrait.face, speech, 25.0, n, lips, TalkOptions(), ref.mean)
-        render_video(portrait, tgt, 25.0, out, AnimateOptions(device=args.device), audio=probe_audio(args.audio))
+        clip()
         later.append(round(time.perf_counter() - t, 3))
     if later:
         res["later_clips_s"] = later
+    run.close()
     return res
 
 
@@ -148,25 +152,23 @@ def main() -> None:
         return
 
     import numpy as np
-    import soundfile as sf
 
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import SAMPLE_RATE, load_audio, write_wav
 
     tmp = Path(tempfile.mkdtemp())
-    speech = load_audio(args.audio, 16000)
-    n = int(args.seconds * 16000)
+    speech = load_audio(args.audio, SAMPLE_RATE)
+    n = int(args.seconds * SAMPLE_RATE)
     speech = np.tile(speech, int(np.ceil(n / len(speech))))[:n]
-    wav = tmp / "speech.wav"
-    sf.write(wav, speech, 16000)
+    wav = write_wav(tmp / "speech.wav", speech)
     template = tmp / "template.npy"
     t = np.arange(60) / 30
     np.save(template, np.stack([np.zeros_like(t), 8 * np.sin(t), 0 * t, 0 * t, 0 * t, 0 * t], 1).astype(np.float32))
 
     # the model alone, in this process (features + network), and the generated head motion alone
-    from a2pcli.audio2motion import load_model
+    from a2pcli.pipeline.models import Models
     from a2pcli.talk import generated_head, loudness
 
-    model = load_model()
+    model = Models().audio2motion()
     model.predict(speech, 25.0)  # warm-up at full length (allocations)
     runs = []
     for _ in range(3):

@@ -45,17 +45,16 @@ def main() -> None:
     args = ap.parse_args()
 
     import numpy as np
-    import soundfile as sf
 
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import SAMPLE_RATE, load_audio, write_wav
 
     tmp = Path(tempfile.mkdtemp())
-    speech = load_audio(args.audio, 16000)
+    speech = load_audio(args.audio, SAMPLE_RATE)
     rows = []
     for seconds in args.seconds:
-        n = int(seconds * 16000)
+        n = int(seconds * SAMPLE_RATE)
         wav = tmp / f"speech_{seconds:g}.wav"
-        sf.write(wav, np.tile(speech, int(np.ceil(n / len(speech))))[:n], 16000)
+        write_wav(wav, np.tile(speech, int(np.ceil(n / len(speech))))[:n])
         out = tmp / f"talk_{seconds:g}.mp4"
         wall, rss = run(["audio2video", str(args.portrait), str(wav), "--crop", "--size", str(args.size),
                          "--device", args.device, "-o", str(out)])

@@ -43,12 +43,14 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from a2pcli.animate import PortraitOptions, _cut, bytes_per_frame, driving_motion, load_portrait, plan_batch, resample
     from a2pcli.encode import VideoWriter
     from a2pcli.headpose import load_reference
     from a2pcli.motion import save_pose
+    from a2pcli.pipeline.portrait import Portrait, PortraitOptions, load_portrait
+    from a2pcli.pipeline.reenact import driving_motion, motion_targets
+    from a2pcli.pipeline.renderers import bytes_per_frame, plan_batch
     from a2pcli.render import WarpRenderer
-    from a2pcli.retarget import RetargetOptions, retarget
+    from a2pcli.retarget import FaceTargets
 
     res: dict = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                  "torch": torch.__version__, "device": args.device, "frames": args.frames, "size": args.size}
@@ -63,7 +65,6 @@ def main() -> None:
     reps = int(np.ceil(args.frames * motion.fps / args.fps / len(motion))) + 1
     t = time.perf_counter()
     if args.bundle:
-        from a2pcli.animate import Portrait
         from a2pcli.retarget import portrait_face
 
         with np.load(args.bundle) as z:
@@ -74,11 +75,10 @@ def main() -> None:
     res["portrait_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    tgt = retarget(portrait.face, motion, RetargetOptions(), load_reference().mean)
-    from a2pcli.retarget import Targets
-
-    tgt = Targets(*(np.concatenate([getattr(tgt, k)] * reps) for k in ("landmarks", "rotation", "translation", "scale")))
-    tgt = resample(tgt, args.frames, motion.fps, args.fps)
+    tgt = motion_targets(portrait, motion)
+    tgt = FaceTargets(*(np.concatenate([getattr(tgt, k)] * reps) for k in ("landmarks", "rotation", "translation",
+                                                                           "scale")))
+    tgt = tgt.resample(args.frames, motion.fps, args.fps)
     batch = args.batch or plan_batch("auto", args.device, bytes_per_frame(portrait.image.shape[:2], portrait.face.scale))
     renderer = WarpRenderer(portrait.image, portrait.face, tgt, device=args.device)
     res["setup_s"] = round(time.perf_counter() - t, 3)
@@ -90,14 +90,14 @@ def main() -> None:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for s in range(0, args.frames, batch):
-            frames = renderer.render(_cut(tgt, min(args.frames, s + batch), s))
+            frames = renderer.render(tgt.slice(s, min(args.frames, s + batch)))
             if sink is not None:
                 sink(frames)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    first = renderer.render(_cut(tgt, 16))
+    first = renderer.render(tgt.slice(0, 16))
     if args.save_bundle:
         np.savez_compressed(args.save_bundle, image=portrait.image, landmarks=portrait.face.landmarks, frames=first)
     if args.bundle:
@@ -112,7 +112,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         res["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
 
-    frames = next(iter([renderer.render(_cut(tgt, min(batch, args.frames)))]))
+    frames = renderer.render(tgt.slice(0, min(batch, args.frames)))
     t = time.perf_counter()
     with VideoWriter(tmp / "enc.mp4", (frames.shape[2], frames.shape[1]), args.fps) as w:
         for i in range(args.frames):

@@ -21,13 +21,10 @@ import numpy as np
 
 
 def render(portrait: Path, speech: Path, seconds: float, tmp: Path) -> Path:
-    import soundfile as sf
+    from a2pcli.audio import SAMPLE_RATE, load_audio, write_wav
 
-    from a2pcli.encode import load_audio
-
-    audio = load_audio(speech, 16000, duration_s=seconds)
-    cut = tmp / f"{speech.stem}.wav"
-    sf.write(cut, audio, 16000)
+    audio = load_audio(speech, SAMPLE_RATE, duration_s=seconds)
+    cut = write_wav(tmp / f"{speech.stem}.wav", audio)
     out = tmp / f"{portrait.stem}_{speech.stem}.mp4"
     subprocess.run([sys.executable, "-m", "a2pcli", "audio2video", str(portrait), str(cut), "-o", str(out),
                     "--max-size", "512", "--seed", "0", "--progress", "none", "--overwrite"], check=True)
@@ -38,7 +35,7 @@ def sheet(video: Path, speech: Path, seconds: float, step: float, label: str) ->
     import cv2
     import imageio_ffmpeg
 
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import SAMPLE_RATE, load_audio
     from a2pcli.landmarks import FaceMeshDetector, mouth_opening
 
     gen = imageio_ffmpeg.read_frames(str(video))
@@ -66,7 +63,7 @@ def sheet(video: Path, speech: Path, seconds: float, step: float, label: str) ->
     row = np.concatenate(tiles, axis=1)
     width = row.shape[1]
 
-    audio = load_audio(speech, 16000, duration_s=seconds)
+    audio = load_audio(speech, SAMPLE_RATE, duration_s=seconds)
     hop = 160
     n = len(audio) // hop
     rms = np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
@@ -81,7 +78,7 @@ def sheet(video: Path, speech: Path, seconds: float, step: float, label: str) ->
         ys = (plot_h - 6 - (np.clip(values[ok], lo, hi) - lo) / (hi - lo) * (plot_h - 12)).astype(np.int32)
         cv2.polylines(plot, [np.stack([xs, ys], 1)], False, colour, 1, cv2.LINE_AA)
 
-    polyline(db, np.arange(n) * hop / 16000, -60.0, 0.0, (150, 150, 150))
+    polyline(db, np.arange(n) * hop / SAMPLE_RATE, -60.0, 0.0, (150, 150, 150))
     top = np.nanmax(opening) if np.isfinite(opening).any() else 1.0
     polyline(opening, np.arange(len(opening)) / fps, 0.0, max(top, 0.05), (220, 30, 30))
     for i in range(1, len(tiles)):

@@ -109,7 +109,7 @@ def reencoded(image: np.ndarray, tmp: Path, frames: int = 10) -> list[np.ndarray
 
 def score(portrait: Path, video: Path, max_size: int, margin: float = MARGIN) -> dict:
     """Per-frame background PSNR of `video` (rendered from `portrait` at --max-size `max_size`)."""
-    from a2pcli.animate import PortraitOptions, load_portrait
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
 
     p = load_portrait(portrait, PortraitOptions(max_size=max_size))
     seg = Segmenter()

@@ -67,9 +67,9 @@ def blink_depths(openness: np.ndarray, peaks: np.ndarray, window: int = PEAK_WIN
 
 def scheduled_peaks(portrait: Path, speech: Path, seconds: float) -> tuple[np.ndarray, int]:
     """The blink peaks (frames) `a2p audio2video --max-size 512 --seed 0` schedules for this pair."""
-    from a2pcli.animate import PortraitOptions, load_portrait
-    from a2pcli.encode import load_audio
-    from a2pcli.talk import SAMPLE_RATE, TalkOptions, blink_schedule
+    from a2pcli.audio import SAMPLE_RATE, load_audio
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.talk import TalkOptions, blink_schedule
 
     audio = load_audio(speech, SAMPLE_RATE, duration_s=seconds)
     n = max(1, int(round(len(audio) / SAMPLE_RATE * FPS)))
@@ -78,12 +78,11 @@ def scheduled_peaks(portrait: Path, speech: Path, seconds: float) -> tuple[np.nd
 
 
 def render(portrait: Path, speech: Path, seconds: float, tmp: Path, out: Path) -> None:
-    import soundfile as sf
-
-    from a2pcli.encode import load_audio
+    """`a2p audio2video` of the first `seconds` of `speech` (cut into tmp/<stem>.wav) into `out`."""
+    from a2pcli.audio import SAMPLE_RATE, load_audio, write_wav
 
     cut = tmp / f"{speech.stem}.wav"
-    sf.write(cut, load_audio(speech, 16000, duration_s=seconds), 16000)
+    write_wav(cut, load_audio(speech, SAMPLE_RATE, duration_s=seconds), SAMPLE_RATE)
     subprocess.run([sys.executable, "-m", "a2pcli", "audio2video", str(portrait), str(cut), "-o", str(out),
                     "--max-size", str(MAX_SIZE), "--seed", str(SEED), "--fps", str(FPS), "--progress", "none",
                     "--overwrite", "--quiet"], check=True)

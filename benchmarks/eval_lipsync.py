@@ -47,20 +47,16 @@ def clip_frames(path: Path, seconds: float, max_side: int = 512):
     return [f.copy() for f in stream_frames(info, size=size, fps=FPS, end=seconds)]
 
 
-def commanded_series(portrait: Path, audio: np.ndarray, n: int) -> np.ndarray:
-    """The mouth opening of the target landmarks `a2p audio2video --max-size 512 --seed 0` renders."""
-    from a2pcli.animate import PortraitOptions, load_portrait
-    from a2pcli.audio2motion import load_model
-    from a2pcli.headpose import load_reference
+def commanded_series(portrait: Path, audio: np.ndarray, models) -> np.ndarray:
+    """The mouth opening of the target landmarks `a2p audio2video --max-size 512 --seed 0` renders (the library's
+    pipeline, without rendering)."""
     from a2pcli.landmarks import mouth_opening
-    from a2pcli.render import open_mouth_gap
-    from a2pcli.talk import TalkOptions, closed_rest, talk_targets
+    from a2pcli.pipeline.options import TalkJob
+    from a2pcli.pipeline.portrait import PortraitOptions
+    from a2pcli.pipeline.talking import talk_motion
 
-    p = load_portrait(portrait, PortraitOptions(max_size=512))
-    a2m = load_model()
-    lips = a2m.predict(audio, FPS, n)
-    rest = closed_rest(open_mouth_gap(p.image, p.face), a2m.opening_shape())
-    tgt, _ = talk_targets(p.face, audio, FPS, n, lips, TalkOptions(seed=0), load_reference().mean, rest=rest)
+    job = TalkJob(seed=0, fps=FPS, portrait=PortraitOptions(max_size=512))
+    _, tgt, _ = talk_motion(portrait, audio, job, models=models)
     return mouth_opening(tgt.landmarks).astype(np.float64)
 
 
@@ -69,10 +65,10 @@ def _r(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
-def evaluate(clip: Path, seconds: float, tmp: Path) -> dict:
+def evaluate(clip: Path, seconds: float, tmp: Path, models) -> dict:
     import cv2
 
-    from a2pcli.encode import load_audio, probe_audio
+    from a2pcli.audio import SAMPLE_RATE, load_audio, probe_audio, write_wav
     from a2pcli.landmarks import FaceMeshDetector
     from a2pcli.talk import loudness
 
@@ -81,11 +77,8 @@ def evaluate(clip: Path, seconds: float, tmp: Path) -> dict:
     audio_src = wav if wav.exists() else clip
     if probe_audio(audio_src) is None:
         raise ValueError("no audio")
-    audio = load_audio(audio_src, 16000, duration_s=len(real) / FPS)
-    speech = tmp / f"{clip.stem}.wav"
-    import soundfile as sf
-
-    sf.write(speech, audio, 16000)
+    audio = load_audio(audio_src, SAMPLE_RATE, duration_s=len(real) / FPS)
+    speech = write_wav(tmp / f"{clip.stem}.wav", audio)
     portrait = tmp / f"{clip.stem}.png"
     cv2.imwrite(str(portrait), real[0][..., ::-1])
     out = tmp / f"{clip.stem}.mp4"
@@ -107,7 +100,7 @@ def evaluate(clip: Path, seconds: float, tmp: Path) -> dict:
     ok = np.isfinite(m_real) & np.isfinite(m_out)
     r = float(np.corrcoef(m_real[ok], m_out[ok])[0, 1])
     r_env = float(np.corrcoef(m_real[ok], env[ok])[0, 1])
-    m_cmd = commanded_series(portrait, audio, max(1, int(round(len(audio) / 16000 * FPS))))[:n]
+    m_cmd = commanded_series(portrait, audio, models)[:n]
     m_cmd = np.pad(m_cmd, (0, n - len(m_cmd)), constant_values=np.nan)
     return {"clip": clip.name, "frames": int(ok.sum()), "r": round(r, 3), "envelope_r": round(r_env, 3),
             "spread": round(float(np.std(m_out[ok]) / max(np.std(m_real[ok]), 1e-9)), 3),
@@ -119,16 +112,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from a2pcli.audio2motion import load_model
+    from a2pcli.pipeline.models import Models
 
-    cfg = load_model().meta
+    models = Models()
+    cfg = models.audio2motion().meta
     held_out = [Path(c["clip"]).name for c in cfg["validation"]["val_clips"]]
     tmp = Path(tempfile.mkdtemp())
     rows = []
     for name in held_out:
         clip = SHARED / "corpus" / "train" / name
         try:
-            rows.append(evaluate(clip, args.seconds, tmp))
+            rows.append(evaluate(clip, args.seconds, tmp, models))
             print(rows[-1], file=sys.stderr)
         except Exception as exc:  # a clip without a face or audio is reported, not fatal
             print(f"{name}: skipped ({exc})", file=sys.stderr)

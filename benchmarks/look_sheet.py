@@ -90,7 +90,8 @@ def main() -> int:
         ap.error("give PORTRAIT SPEECH pairs")
     import cv2
 
-    from a2pcli.animate import PortraitOptions, load_portrait, driving_motion
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.pipeline.reenact import driving_motion
 
     pairs = list(zip(args.pairs[::2], args.pairs[1::2])) or list(DEFAULT_PAIRS)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -124,11 +124,13 @@ def reenact_clip(video: Path, frames: int = 100, max_side: int = 512, device: st
     Raises SkipClip when the clip cannot be evaluated."""
     from PIL import Image
 
-    from a2pcli.animate import AnimateOptions, PortraitOptions, load_portrait, render_frames
     from a2pcli.errors import A2PError
     from a2pcli.extract import ExtractOptions, extract_motion
     from a2pcli.landmarks import mouth_opening
     from a2pcli.media import probe_video, stream_frames
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.pipeline.reenact import motion_targets
+    from a2pcli.pipeline.renderers import render_frames
 
     t0 = time.perf_counter()
     video = Path(video)
@@ -175,7 +177,7 @@ def reenact_clip(video: Path, frames: int = 100, max_side: int = 512, device: st
     pr, pb, prf, pbf = [], [], [], []
     kept: dict[int, np.ndarray] = {}
     i = 0
-    for chunk in render_frames(portrait, motion, AnimateOptions(region="all"), n=n, device=device, batch=batch):
+    for chunk in render_frames(portrait, motion_targets(portrait, motion).slice(0, n), device=device, batch=batch):
         for out in chunk:
             x0, y0, x1, y1 = face_box(lm_real[i], out.shape)
             gt = real[i]
@@ -305,19 +307,20 @@ def yaw_pitch(lm: np.ndarray) -> np.ndarray:
 def fidelity(portrait_path: Path, motion, size: int = 512, device: str = "cpu", batch: int = 8,
              keep_frames: tuple[int, ...] = ()) -> tuple[FidelityResult, dict[int, np.ndarray]]:
     """Drive `portrait_path` (crop=True, `size`) with `motion`; re-detect every rendered frame; correlate."""
-    from a2pcli.animate import AnimateOptions, PortraitOptions, load_portrait, render_frames
-    from a2pcli.headpose import euler_from_matrix, load_reference
+    from a2pcli.headpose import euler_from_matrix
     from a2pcli.landmarks import mouth_opening
-    from a2pcli.retarget import RetargetOptions, retarget
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.pipeline.reenact import motion_targets
+    from a2pcli.pipeline.renderers import render_frames
 
     t0 = time.perf_counter()
     portrait = load_portrait(Path(portrait_path), PortraitOptions(crop=True, size=size))
-    tgt = retarget(portrait.face, motion, RetargetOptions(), load_reference().mean)
+    tgt = motion_targets(portrait, motion)
     kept: dict[int, np.ndarray] = {}
 
     def frames():
         i = 0
-        for chunk in render_frames(portrait, motion, AnimateOptions(region="all"), device=device, batch=batch):
+        for chunk in render_frames(portrait, tgt, device=device, batch=batch):
             for f in chunk:
                 if i in keep_frames:
                     kept[i] = f.copy()

@@ -109,7 +109,7 @@ def speech_wav(dest, seconds: float = 1.0):
     """(path, samples): the first `seconds` of a shared speech clip as a 16 kHz wav in `dest`."""
     import soundfile as sf
 
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
     from tests.conftest import media
 
     audio = load_audio(media("sadtalker_RD_Radio31_000.wav"), 16000, duration_s=seconds)

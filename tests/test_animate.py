@@ -23,9 +23,12 @@ def a2p(capsys, *args) -> tuple[int, str, str]:
 
 
 def run_ok(capsys, *args) -> dict:
+    """Run a command that makes one output; its --json result."""
     code, out, err = a2p(capsys, *args, "--json", "-q")
     assert code == 0, err
-    return json.loads(out)
+    s = json.loads(out)
+    assert not s["failed"] and len(s["outputs"]) == 1, s
+    return s["outputs"][0]
 
 
 def read_video(path: Path) -> tuple[np.ndarray, dict]:
@@ -152,7 +155,7 @@ def test_frames_dir_and_meta(capsys, tmp_path, d3_pose):
            "--frames-dir", tmp_path / "frames", "--meta")
     assert len(list((tmp_path / "frames").glob("*.png"))) == 36
     meta = json.loads((tmp_path / "m.mp4.json").read_text())
-    assert meta["options"]["crop"] is True and len(meta["inputs"]) == 2
+    assert meta["options"]["portrait"]["crop"] is True and len(meta["inputs"]) == 2
     assert all(len(i["sha256"]) == 64 for i in meta["inputs"]) and meta["versions"]["a2p"]
 
 

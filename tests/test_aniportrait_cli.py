@@ -46,7 +46,7 @@ def test_audio2video_aniportrait_tiny_end_to_end(tiny_folder, speech_1s, tmp_pat
     proc = run_a2p("audio2video", media("sadtalker_happy.png"), speech_1s, "-o", out, "--renderer", "aniportrait",
                    "--weights", tiny_folder, "--steps", "2", "--size", "64", "--device", "cpu",
                    "--progress", "json", "--json", check=0)
-    summary = json.loads(proc.stdout)
+    summary = json.loads(proc.stdout)["outputs"][0]
     assert summary["renderer"] == "aniportrait" and summary["size"] == [64, 64]
     assert summary["frames"] == 25 and summary["windows"] == 3  # 25 frames: closed-loop windows start at 0, 12, 24
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
@@ -129,7 +129,7 @@ def test_pose2vid_aniportrait_tiny_follows_a_template(tiny_folder, tmp_path):
     out = tmp_path / "turn.mp4"
     proc = run_a2p("pose2vid", media("sadtalker_happy.png"), motion, "-o", out, "--renderer", "aniportrait",
                    "--weights", tiny_folder, "--steps", "2", "--size", "64", "--device", "cpu", "--json", check=0)
-    summary = json.loads(proc.stdout)
+    summary = json.loads(proc.stdout)["outputs"][0]
     assert summary["renderer"] == "aniportrait" and summary["frames"] == 20
     assert fx.video_frames(out).shape == (20, 64, 64, 3)
 
@@ -140,7 +140,7 @@ def test_fewer_steps_with_dpmpp_and_the_clean_alternatives(tiny_folder, speech_1
     proc = run_a2p("audio2video", media("sadtalker_happy.png"), speech_1s, "-o", out, "--renderer", "aniportrait",
                    "--weights", tiny_folder, "--steps", "2", "--size", "64", "--device", "cpu", "--scheduler", "dpmpp",
                    "--clean", "--json", check=0)
-    summary = json.loads(proc.stdout)
+    summary = json.loads(proc.stdout)["outputs"][0]
     assert summary["frames"] == 25 and summary["windows"] == 2  # windows that do not wrap: [0..15], [9..24]
     assert fx.video_frames(out).shape == (25, 64, 64, 3)
 
@@ -151,7 +151,7 @@ def test_acc_diffuses_every_other_frame_and_interpolates_the_rest(tiny_folder, s
     proc = run_a2p("audio2video", media("sadtalker_happy.png"), speech_1s, "-o", out, "--renderer", "aniportrait",
                    "--weights", tiny_folder, "--steps", "2", "--size", "64", "--device", "cpu", "--acc", "2",
                    "--compile", "--json", check=0)
-    summary = json.loads(proc.stdout)
+    summary = json.loads(proc.stdout)["outputs"][0]
     assert summary["frames"] == 25 and summary["acc"] == 2
     assert summary["diffused_frames"] == 13  # frames 0, 2, ..., 24
     assert summary["windows"] == 1  # 13 diffused frames fit one 16-frame window

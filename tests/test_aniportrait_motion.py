@@ -230,7 +230,7 @@ def test_audio2video_motion_aniportrait_tiny_end_to_end(tiny_folder, speech_1s, 
     proc = run_a2p("audio2video", media("sadtalker_happy.png"), speech_1s[0], "-o", out, "--renderer", "aniportrait",
                    "--motion", "aniportrait", "--weights", tiny_folder, "--steps", "2", "--size", "64",
                    "--device", "cpu", "--seed", "5", "--json", check=0)
-    summary = json.loads(proc.stdout)
+    summary = json.loads(proc.stdout)["outputs"][0]
     assert summary["renderer"] == "aniportrait" and summary["size"] == [64, 64]
     assert summary["frames"] == 25
     frames = fx.video_frames(out)
@@ -244,6 +244,6 @@ def test_audio2video_motion_aniportrait_with_template(tiny_folder, speech_1s, tm
     proc = run_a2p("audio2video", media("sadtalker_happy.png"), speech_1s[0], "-o", out, "--renderer", "aniportrait",
                    "--motion", "aniportrait", "--pose", tmp_path / "pose.npy", "--weights", tiny_folder,
                    "--steps", "1", "--size", "64", "--device", "cpu", "--fps", "10", "--json", check=0)
-    summary = json.loads(proc.stdout)
+    summary = json.loads(proc.stdout)["outputs"][0]
     assert summary["frames"] == 10
     assert any("played back and forth" in n for n in summary["notes"])

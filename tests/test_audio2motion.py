@@ -5,8 +5,10 @@ export) on two short shared clips."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +37,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def speech():
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
 
     return load_audio(media("sadtalker_RD_Radio31_000.wav"), SR)
 
@@ -192,7 +194,9 @@ def test_tiny_preset_trains_checkpoints_resumes_and_exports(tiny_data, tmp_path)
     assert "val_mouth_r" in s["validation"], proc.stderr
     assert "epoch 2/2" in proc.stderr and "mouth-opening r" in proc.stderr
     ckpt = out / "checkpoints" / "last.pt"
-    assert ckpt.is_file() and len(list((out / "cache").glob("*.npz"))) == 2
+    cache = Path(os.environ["A2P_CACHE_DIR"]) / "train-data"
+    assert ckpt.is_file() and len(list(cache.glob("*.npz"))) == 2, "the prepared clips go to the shared data cache"
+    assert not (out / "cache").exists()
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
 
@@ -204,8 +208,12 @@ def test_tiny_preset_trains_checkpoints_resumes_and_exports(tiny_data, tmp_path)
 
     import torch
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert state["epoch"] == 3 and state["step"] == 9 and set(state) >= {"model", "optimizer", "config"}
+    from a2pcli.train.core import load_checkpoint
+
+    torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors, numbers and text only
+    state = load_checkpoint(ckpt, "audio2motion")
+    assert state.meta["epoch"] == 3 and state.meta["step"] == 9 and state.model and state.optimizer["state"]
+    assert set(state.meta) >= {"config", "preset", "split", "targets", "history"}
     model = load_model(str(out))
     import dataclasses
 
@@ -218,7 +226,7 @@ def test_tiny_preset_trains_checkpoints_resumes_and_exports(tiny_data, tmp_path)
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     from a2pcli.progress import Reporter
-    from a2pcli.train_a2m import TrainOptions, train
+    from a2pcli.train.audio2motion import TrainOptions, train
 
     def run(out, reporter=None, resume=None):
         opts = TrainOptions(data=(tiny_data,), output=out, preset="tiny", epochs=2, seed=3, val_speakers=("spk_b",),

@@ -19,10 +19,18 @@ SR = 16000
 PORTRAIT_ARGS = ("--crop", "--size", "160")
 
 
-def run_ok(capsys, *args) -> dict:
+def run_all(capsys, *args) -> dict:
+    """audio2video's --json result: {"outputs": [...], "failed": [...]}."""
     code, out, err = a2p(capsys, "audio2video", *args, "--json", "-q")
     assert code == 0, err
     return json.loads(out)
+
+
+def run_ok(capsys, *args) -> dict:
+    """One video's --json result."""
+    s = run_all(capsys, *args)
+    assert not s["failed"] and len(s["outputs"]) == 1, s
+    return s["outputs"][0]
 
 
 def tone_speech(seconds: float, seed: int = 0) -> np.ndarray:
@@ -45,7 +53,7 @@ def write_wav(path: Path, audio: np.ndarray, sr: int = SR, subtype: str = "PCM_1
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory) -> Path:
     """2 s of real speech, then 1.5 s of silence."""
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
 
     speech = load_audio(media("sadtalker_RD_Radio31_000.wav"), SR, start_s=1.0, duration_s=2.0)
     audio = np.concatenate([speech, np.zeros(int(1.5 * SR), np.float32)])
@@ -113,8 +121,8 @@ def test_same_seed_same_video(capsys, tmp_path, speech_wav):
 def test_batch_of_portraits(capsys, tmp_path, speech_wav):
     outdir = tmp_path / "outs"
     outdir.mkdir()
-    s = run_ok(capsys, media("sadtalker_happy.png"), media("liveportrait_s9.jpg"), speech_wav, *PORTRAIT_ARGS,
-               "-o", outdir)
+    s = run_all(capsys, media("sadtalker_happy.png"), media("liveportrait_s9.jpg"), speech_wav, *PORTRAIT_ARGS,
+                "-o", outdir)
     assert len(s["outputs"]) == 2 and not s["failed"]
     assert sorted(p.name for p in outdir.iterdir()) == ["liveportrait_s9_speech_then_silence.mp4",
                                                          "sadtalker_happy_speech_then_silence.mp4"]

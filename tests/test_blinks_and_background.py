@@ -6,7 +6,6 @@ values in the comments)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import media
-from tests.test_animate import a2p, read_video
-from tests.test_audio2video import SR, tone_speech, write_wav
+from tests.test_animate import read_video
+from tests.test_audio2video import SR, run_ok, tone_speech, write_wav
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import eval_background as bg  # noqa: E402
@@ -25,16 +24,14 @@ FPS = 25.0
 
 
 def talk(capsys, portrait: Path, wav: Path, out: Path, *args) -> dict:
-    code, stdout, err = a2p(capsys, "audio2video", portrait, wav, "-o", out, "--crop", "--size", "256",
-                            "--fps", FPS, "--json", "-q", *args)
-    assert code == 0, err
-    return json.loads(stdout)
+    """One audio2video's --json result, a 256-pixel face crop at 25 fps."""
+    return run_ok(capsys, portrait, wav, "-o", out, "--crop", "--size", "256", "--fps", FPS, *args)
 
 
 @pytest.fixture(scope="module")
 def speech_4s(tmp_path_factory) -> Path:
     """4 s of real speech with a pause in the middle."""
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
 
     speech = load_audio(media("sadtalker_RD_Radio31_000.wav"), SR, start_s=0.5, duration_s=3.0)
     audio = np.concatenate([speech[: int(1.5 * SR)], np.zeros(SR, np.float32), speech[int(1.5 * SR) :]])
@@ -44,8 +41,8 @@ def speech_4s(tmp_path_factory) -> Path:
 # measured at the deepest frame of each blink, over the clip's median openness: photo 0.31-0.32, painting 0.36
 @pytest.mark.parametrize("portrait,bar", [("sadtalker_happy.png", 0.40), ("liveportrait_s9.jpg", 0.42)])
 def test_a_generated_blink_closes_the_eyes_as_mediapipe_sees_them(capsys, tmp_path, speech_4s, portrait, bar):
-    from a2pcli.animate import PortraitOptions, load_portrait
-    from a2pcli.encode import load_audio
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.audio import load_audio
     from a2pcli.talk import TalkOptions, blink_schedule
 
     out = tmp_path / "talk.mp4"
@@ -118,10 +115,13 @@ def turning_head(tmp_path_factory):
 # (the headband's lace, which the renderer moves with the head, is background to the measure's segmentation)
 @pytest.mark.parametrize("portrait", ["liveportrait_s9.jpg", "sadtalker_full_body_1.png"])
 def test_the_background_stays_still_while_the_head_turns(turning_head, portrait):
-    from a2pcli.animate import AnimateOptions, PortraitOptions, load_portrait, render_frames
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.pipeline.reenact import motion_targets
+    from a2pcli.pipeline.renderers import render_frames
+    from a2pcli.retarget import RetargetOptions
 
     p = load_portrait(media(portrait), PortraitOptions(max_size=256))
-    frames = np.concatenate(list(render_frames(p, turning_head, AnimateOptions(region="pose"))))
+    frames = np.concatenate(list(render_frames(p, motion_targets(p, turning_head, RetargetOptions(region="pose")))))
     assert np.abs(frames[0].astype(int) - p.image.astype(int)).max() <= 1, "the first frame is not the portrait"
     seg = bg.Segmenter()
     still = bg.clear_of(seg.person(p.image), bg.MARGIN * p.face.scale) & bg.working_region_mask(p.image.shape[:2], p.face)

@@ -100,7 +100,7 @@ def test_a_crashing_check_becomes_a_fail(monkeypatch):
     def broken():
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(doctor, "_ffmpeg_exe", broken)
+    monkeypatch.setattr(doctor.ffmpeg, "exe", broken)
     check = doctor.check_ffmpeg()
     assert check.status == "fail" and "boom" in check.summary
     assert "imageio-ffmpeg" in check.remedy

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from a2pcli.encode import AudioTrack, VideoWriter, load_audio, probe_audio
+from a2pcli.audio import AudioTrack, load_audio, probe_audio
+from a2pcli.encode import VideoWriter
 from a2pcli.errors import InputError, OutputError
 from tests.conftest import ffmpeg_exe, media
 

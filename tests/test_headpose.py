@@ -81,3 +81,18 @@ def test_aniportrait_template_of_wrong_shape_is_refused(tmp_path, shape):
     np.save(p, np.zeros(shape))
     with pytest.raises(InputError, match="T, 6"):
         load_aniportrait_template(p)
+
+
+def test_centimetres_per_face_unit_is_the_reference_fit_onto_metric_meshes():
+    """CM_PER_FACE_UNIT is what fit_pose measures a face unit as, on MediaPipe's metric meshes (cm): the weighted
+    similarity fit of the reference face onto FaceLandmarker's lmks3d of four faces, averaged."""
+    from a2pcli.headpose import CM_PER_FACE_UNIT, umeyama
+    from tests import aniportrait_fixtures as fx
+
+    oracle = fx.arrays("landmarker.npz")
+    ref = load_reference()
+    gl = np.diag([1.0, -1.0, -1.0])  # image axes -> MediaPipe's metric axes
+    weights = ref.weights[:468] / ref.weights[:468].sum()
+    scales = [float(umeyama(ref.mean[:468] @ gl, oracle[f"img{i}_lmks3d"][None], weights)[2][0]) for i in range(4)]
+    assert abs(np.mean(scales) - CM_PER_FACE_UNIT) < 0.01, scales
+    assert all(abs(s - CM_PER_FACE_UNIT) < 0.3 for s in scales), scales

@@ -85,10 +85,12 @@ def test_redetected_landmarks_follow_the_commanded_motion(portrait, d3_motion):
 
 @pytest.mark.parametrize("portrait", ["sadtalker_full_body_1.png", "liveportrait_s9.jpg"])
 def test_face_moves_and_far_background_stays(portrait, d3_motion):
-    from a2pcli.animate import AnimateOptions, PortraitOptions, load_portrait, render_frames
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.pipeline.reenact import motion_targets
+    from a2pcli.pipeline.renderers import render_frames
 
     p = load_portrait(media(portrait), PortraitOptions(crop=False, max_size=512))
-    frames = np.concatenate(list(render_frames(p, d3_motion, AnimateOptions(region="all"))))
+    frames = np.concatenate(list(render_frames(p, motion_targets(p, d3_motion))))
     assert frames.shape == (len(d3_motion), *p.image.shape)
     diff = np.abs(frames.astype(np.int16) - p.image[None].astype(np.int16)).max(-1)  # (T, H, W)
 

@@ -29,7 +29,7 @@ def open_portrait(tmp_path_factory) -> Path:
 
 
 def _load(path: Path):
-    from a2pcli.animate import PortraitOptions, load_portrait
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
 
     return load_portrait(path, PortraitOptions(crop=True, size=256))
 
@@ -47,17 +47,17 @@ def _parted_landmarks(face, by: float):
 
 
 def test_an_open_mouth_shows_an_interior(open_portrait):
-    from a2pcli.render import _lip_gap, open_mouth_gap
+    from a2pcli.mouth import lip_gap, open_mouth_gap
 
     closed = _load(media("sadtalker_happy.png"))
     assert open_mouth_gap(closed.image, closed.face) == 0.0
     opened = _load(open_portrait)
     gap = open_mouth_gap(opened.image, opened.face)
-    assert gap > 0.05 and gap == pytest.approx(float(_lip_gap(opened.face.canon[None])[0]))
+    assert gap > 0.05 and gap == pytest.approx(float(lip_gap(opened.face.canon[None])[0]))
     # lip landmarks that part on closed lips do not make an open mouth
     closed = _load(media("liveportrait_s9.jpg"))
     parted = _parted_landmarks(closed.face, 0.05)
-    assert float(_lip_gap(parted.canon[None])[0]) > 0.04
+    assert float(lip_gap(parted.canon[None])[0]) > 0.04
     assert open_mouth_gap(closed.image, parted) == 0.0
 
 
@@ -66,7 +66,7 @@ def test_closed_lips_whose_landmarks_part_get_an_interior():
     from a2pcli import facemesh as fm
     from a2pcli.headpose import apply_pose
     from a2pcli.render import WarpRenderer
-    from a2pcli.retarget import Targets
+    from a2pcli.retarget import FaceTargets
 
     closed = _load(media("liveportrait_s9.jpg"))
     face = _parted_landmarks(closed.face, 0.05)
@@ -76,7 +76,7 @@ def test_closed_lips_whose_landmarks_part_get_an_interior():
     rot = np.repeat(face.rotation[None], n, 0)
     trans = np.repeat(face.translation[None], n, 0)
     scale = np.full(n, face.scale, np.float32)
-    tgt = Targets(apply_pose(canon, rot, trans, scale), rot, trans, scale)
+    tgt = FaceTargets(apply_pose(canon, rot, trans, scale), rot, trans, scale)
     frames = WarpRenderer(closed.image, face, tgt).render(tgt)
     lm = tgt.landmarks[1]
     x0, x1 = int(lm[fm.LIPS_INNER_UPPER, 0].min()) + 3, int(lm[fm.LIPS_INNER_UPPER, 0].max()) - 3
@@ -89,7 +89,7 @@ def test_closed_rest_closes_the_lips():
     from a2pcli import facemesh as fm
     from a2pcli.audio2motion import load_model
     from a2pcli.landmarks import LOWER_LIP_INNER, UPPER_LIP_INNER
-    from a2pcli.talk import closed_rest
+    from a2pcli.mouth import closed_rest
 
     shape = load_model().opening_shape()
     assert shape[LOWER_LIP_INNER, 1] - shape[UPPER_LIP_INNER, 1] == pytest.approx(1.0, abs=1e-4)

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from a2pcli.audio import SAMPLE_RATE  # wav2vec2-base-960h's rate too (audio_util.py: librosa.load(sr=16000))
 from a2pcli.errors import ModelError
 
-SAMPLE_RATE = 16000  # wav2vec2-base-960h's rate (audio_util.py: librosa.load(sr=16000))
 FPS = 30  # AniPortrait's audio models run at 30 frames per second
 NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 
@@ -59,7 +59,7 @@ _WEIGHT_NORM_NAMES = {"weight_g": "parametrizations.weight.original0",
 def load_wave(path: str | Path) -> np.ndarray:
     """(S,) float32 mono at 16 kHz in [-1, 1], decoded by a2p's ffmpeg path (AniPortrait uses
     librosa.load: identical samples for 16 kHz PCM files, a different resampler otherwise)."""
-    from a2pcli.encode import load_audio
+    from a2pcli.audio import load_audio
 
     return load_audio(Path(path), sample_rate=SAMPLE_RATE)
 

@@ -45,7 +45,7 @@ def perspective_matrix(aspect_ratio: float) -> np.ndarray:
     return m
 
 
-def _to_pixels(homogeneous: np.ndarray, image_shape) -> np.ndarray:
+def to_pixels(homogeneous: np.ndarray, image_shape) -> np.ndarray:
     """(N, 4) clip coordinates -> (N, 2) pixels."""
     xy = homogeneous[:, :2] / homogeneous[:, 3, np.newaxis]
     xy[:, 0] = (xy[:, 0] + 1) * 0.5 * image_shape[1]
@@ -59,7 +59,7 @@ def project_points_with_trans(mesh: np.ndarray, matrices: np.ndarray, image_shap
     out = np.zeros((mesh.shape[0], mesh.shape[1], 2))
     for i, frame in enumerate(mesh):
         hom = np.hstack([frame, np.ones((frame.shape[0], 1))])
-        out[i] = _to_pixels(hom @ matrices[i].T @ proj, image_shape)
+        out[i] = to_pixels(hom @ matrices[i].T @ proj, image_shape)
     return out
 
 
@@ -71,7 +71,7 @@ def project_points(mesh: np.ndarray, trans_mat: np.ndarray, pose: np.ndarray, im
     for i, frame in enumerate(mesh):
         hom = np.hstack([frame, np.ones((frame.shape[0], 1))])
         posed = trans_mat @ euler_and_translation_to_matrix(pose[i][:3], pose[i][3:])
-        out[i] = _to_pixels(hom @ posed.T @ proj, image_shape)
+        out[i] = to_pixels(hom @ posed.T @ proj, image_shape)
     return out
 
 

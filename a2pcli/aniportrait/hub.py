@@ -277,7 +277,7 @@ def _origin(url: str) -> tuple:
 
 
 def _short(exc: BaseException) -> str:
-    return weights._first_line(exc, 120)
+    return weights.first_line(exc, 120)
 
 
 def _part_path(base: Path, rel: str, etag: str) -> Path:

@@ -47,6 +47,7 @@ import numpy as np
 
 from a2pcli.aniportrait import geometry as G
 from a2pcli.errors import InputError
+from a2pcli.headpose import CM_PER_FACE_UNIT
 
 N_MESH = 468  # MediaPipe's canonical face mesh (AniPortrait's lmks3d); the 10 iris points follow
 FOV_Y_DEGREES = G.FOV_Y_DEGREES
@@ -55,9 +56,8 @@ FLIP_GL = np.diag([1.0, -1.0, -1.0])  # image axes (x right, y down, z into the 
 
 # a2p's reference face (face units, image axes) -> MediaPipe's canonical face space (cm, GL axes):
 #     canonical = CM_PER_FACE_UNIT * Rx(PITCH_DEG) @ FLIP_GL @ reference + ORIGIN_CM
-# calibrated on the landmarker fixtures (see the module docstring); yaw, roll and the x offset, zero by
-# symmetry, came out below 0.2 degrees and 0.01 cm.
-CM_PER_FACE_UNIT = 8.61
+# calibrated on the landmarker fixtures (see the module docstring; CM_PER_FACE_UNIT is a2p's own, from
+# headpose); yaw, roll and the x offset, zero by symmetry, came out below 0.2 degrees and 0.01 cm.
 PITCH_DEG = -1.77
 ORIGIN_CM = (0.0, -0.57, 4.23)
 
@@ -185,7 +185,7 @@ def project(geom: FaceGeometry, meshes: np.ndarray, poses: np.ndarray) -> np.nda
     for i, frame in enumerate(meshes):
         hom = np.hstack([frame, np.ones((len(frame), 1))])
         cam = hom @ pose_matrix(geom, poses[i]).T
-        out[i, :, :2] = G._to_pixels(cam @ proj, [geom.height, geom.width])
+        out[i, :, :2] = G.to_pixels(cam @ proj, [geom.height, geom.width])
         depth = -cam[:, 2]  # inverse of _unproject's z
         out[i, :, 2] = (depth * geom.total_scale - NEAR + geom.depth_offset) / wn * geom.width
     return out
@@ -285,14 +285,14 @@ class SpeechMotion:
         return project(geom, moved, pose).astype(np.float32)
 
     def targets(self, landmarks: np.ndarray, width: int, height: int, fps: float, n: int, ref=None):
-        """retarget.Targets for the renderer: the landmarks, with a2p's head-pose fit of each frame."""
+        """retarget.FaceTargets for the renderer: the landmarks, with a2p's head-pose fit of each frame."""
         from a2pcli.headpose import fit_pose, load_reference
-        from a2pcli.retarget import Targets
+        from a2pcli.retarget import FaceTargets
 
         ref = ref if ref is not None else load_reference()
         lm = self.landmarks(landmarks, width, height, fps, n, ref)
         r, t, s = fit_pose(lm, ref)
-        return Targets(lm, r, t, s)
+        return FaceTargets(lm, r, t, s)
 
 
 def _device(device: str) -> str:

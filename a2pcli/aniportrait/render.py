@@ -2,7 +2,7 @@
 diffusion sampler, streamed into the video.
 
 Every command ends in the same place as with the embedded renderer: per-frame target landmarks of
-the portrait (`retarget.Targets`: audio2video's lips and head motion, vid2vid's retargeted driver,
+the portrait (`retarget.FaceTargets`: audio2video's lips and head motion, vid2vid's retargeted driver,
 pose2vid's stored motion). This module
 
 1. picks the output size: the portrait's aspect, the longer side `--size` (default 512), both sides
@@ -14,7 +14,7 @@ pose2vid's stored motion). This module
 5. samples (`sampler.Pose2VideoSampler`: progress after every window of every step) and decodes the
    latents a few frames at a time straight into the encoder, so host memory stays bounded.
 
-    render_video_aniportrait(portrait, targets, fps, output, AnimateOptions, DiffusionOptions, audio, reporter)
+    render_video_aniportrait(portrait, targets, fps, output, DiffusionOptions(), device=..., audio=..., models=...)
     vram_estimate(width, height, dtype, low_vram) -> bytes
 """
 
@@ -75,7 +75,7 @@ class DiffusionOptions:
     steps: int = 25
     cfg: float = 3.5
     size: int = 512  # longer side of the output, px (multiple of 8)
-    seed: int = 42
+    seed: int = 42  # AniPortrait's configs' seed
     dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on the CPU
     low_vram: bool = False
     weights: str | None = None  # a pretrained_model folder; None: the pulled/imported model
@@ -177,20 +177,6 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-_LOADED: dict = {}  # the last loaded set of networks, by (weights, dtype, device): one at a time
-
-
-def _loaded_models(weights_source: str | None, dtype: str, device: str, reporter: Reporter | None = None):
-    """load_models, kept for the next call with the same weights, dtype and device: a batch
-    (`a2p audio2video faces/*.png speech.wav --renderer aniportrait`) reads and checks the weights once.
-    The weights are still verified (sha256) when first opened; a different set replaces this one."""
-    key = (str(weights_source), dtype, device)
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = load_models(weights_source, dtype, device, reporter)
-    return _LOADED[key]
-
-
 def load_models(weights_source: str | None, dtype: str, device: str, reporter: Reporter | None = None):
     """Open the weights (sha256 + strict keys) and build the five networks on `device`."""
     import torch
@@ -239,10 +225,13 @@ def sampler_config(dopts: DiffusionOptions, width: int, height: int, dtype: str)
     return cfg.validate()
 
 
-def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopts: DiffusionOptions,
-                             audio=None, reporter: Reporter | None = None) -> dict:
-    """Render target landmarks `tgt` (retarget.Targets, pixels of portrait.image) with the diffusion
-    renderer into the video file `output` (a temp path from outputs.atomic_path)."""
+def render_video_aniportrait(portrait, tgt, fps: float, output: Path, dopts: DiffusionOptions, *, device: str = "auto",
+                             crf: int = 18, frames_dir: Path | None = None, audio=None,
+                             reporter: Reporter | None = None, models=None) -> dict:
+    """Render target landmarks `tgt` (retarget.FaceTargets, pixels of portrait.image) with the diffusion
+    renderer into the video file `output` (a temp path from outputs.atomic_path). `models`: what holds the
+    loaded networks from one call to the next (`models.aniportrait(weights, dtype, device, reporter)`, e.g.
+    a2pcli.pipeline.Models: a batch reads and checks the weights once); None loads them for this call."""
     from a2pcli.device import JobEstimate, preflight
     from a2pcli.encode import VideoWriter
 
@@ -254,18 +243,21 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
     want = dopts.dtype
     est_dtype = "fp16" if want == "auto" else want
     need = vram_estimate(width, height, est_dtype, dopts.low_vram, dopts.context_frames, dopts.cfg > 1)
-    choice = preflight(opts.device, JobEstimate("aniportrait", vram_bytes=need))
+    choice = preflight(device, JobEstimate("aniportrait", vram_bytes=need))
     dtype = resolve_dtype(want, choice.device)
     vram = vram_estimate(width, height, dtype, dopts.low_vram, dopts.context_frames, dopts.cfg > 1) \
         if choice.device.startswith("cuda") else 0
     reporter.info(f"device: {choice.device} ({choice.name}); {choice.reason}; aniportrait renderer, {width}x{height}, "
                   f"{dopts.steps} steps, cfg {dopts.cfg}, {dtype}"
-                  + (f", about {vram / 1e9:.1f} GB of GPU memory" if vram else ""))
+                  + (f", about {vram / 1e9:.1f} GB of GPU memory" if vram else ""), once=True)
     if not choice.device.startswith("cuda"):
         reporter.warn("the aniportrait renderer on the CPU takes minutes per frame at full size; use a GPU, "
-                      "or the embedded renderer (--renderer embedded)")
+                      "or the embedded renderer (--renderer embedded)", once=True)
 
-    models = _loaded_models(dopts.weights, dtype, choice.device, reporter)
+    if models is None:
+        models = load_models(dopts.weights, dtype, choice.device, reporter)
+    else:
+        models = models.aniportrait(dopts.weights, dtype, choice.device, reporter)
     from a2pcli.aniportrait.runtime import speed_settings
 
     notes = []
@@ -319,7 +311,7 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, opts, dopt
         from a2pcli.interpolate import fill
 
         frames = fill(keys, frames)
-    with VideoWriter(output, (width, height), fps, crf=opts.crf, audio=audio, frames_dir=opts.frames_dir) as writer:
+    with VideoWriter(output, (width, height), fps, crf=crf, audio=audio, frames_dir=frames_dir) as writer:
         batch = []
         for frame in frames:
             batch.append(frame)

@@ -164,7 +164,7 @@ def build_key_table(source: Path, dest: Path = KEY_TABLE) -> None:
 # --- reading and checking one checkpoint ---------------------------------------------------------------
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
+def first_line(exc: BaseException, limit: int = 160) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -192,7 +192,7 @@ def read_checkpoint(path: Path, *, remedy: str = f"run `{PULL}`", mmap: bool = T
     except FileNotFoundError as exc:
         raise ModelError("model file is missing", subject=str(path), remedy=remedy) from exc
     except Exception as exc:  # torch and safetensors raise many types for a damaged or foreign file
-        raise ModelError(f"not a readable checkpoint ({_first_line(exc)})", subject=str(path),
+        raise ModelError(f"not a readable checkpoint ({first_line(exc)})", subject=str(path),
                          remedy=remedy) from exc
     if isinstance(state, Mapping) and set(state) == {"state_dict"} and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
@@ -296,7 +296,7 @@ def inspect_checkpoint(path: Path, *, remedy: str) -> dict[str, tuple[int, ...]]
             with safe_open(str(path), framework="pt") as f:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as exc:
-            raise ModelError(f"not a readable checkpoint ({_first_line(exc)})", subject=str(path),
+            raise ModelError(f"not a readable checkpoint ({first_line(exc)})", subject=str(path),
                              remedy=remedy) from exc
     return {k: tuple(v.shape) for k, v in read_checkpoint(path, remedy=remedy).items()}
 
@@ -310,7 +310,7 @@ def check_zip_crc(path: Path, *, remedy: str) -> None:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise ModelError(f"checkpoint archive is damaged ({_first_line(exc)})", subject=str(path),
+        raise ModelError(f"checkpoint archive is damaged ({first_line(exc)})", subject=str(path),
                          remedy=remedy) from exc
     if bad is not None:
         raise ModelError(f"checkpoint data is damaged (CRC error in {bad})", subject=str(path), remedy=remedy)
@@ -326,7 +326,7 @@ def check_file(wf: WeightFile, path: Path, *, remedy: str, fullsize: bool = True
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ModelError(f"not a readable JSON config ({_first_line(exc)})", subject=str(path),
+            raise ModelError(f"not a readable JSON config ({first_line(exc)})", subject=str(path),
                              remedy=remedy) from exc
         lacking = [k for k in wf.needs if not isinstance(data, dict) or k not in data]
         if lacking:

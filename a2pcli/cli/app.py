@@ -48,10 +48,11 @@ def _root(
 
 
 @contextlib.contextmanager
-def session(command: str, progress: ProgressMode, quiet: bool) -> Iterator:
-    """Progress display for one command run: yields the sink to hand to the library's Reporter."""
+def session(command: str, progress: ProgressMode, quiet: bool, describe=None) -> Iterator:
+    """Progress display for one command run: yields the sink to hand to the library's Reporter. `describe`
+    turns an item's result (its --json object) into the line printed when it finishes."""
     global _active_sink
-    sink = make_sink(command, progress, quiet)
+    sink = make_sink(command, progress, quiet, describe)
     _active_sink = sink
     sink.start()
     try:
@@ -72,11 +73,30 @@ def finish(sink, summary: dict, json_out: bool, human: str | None, quiet: bool) 
         sys.stdout.flush()
 
 
+def finish_run(sink, run, json_out: bool) -> None:
+    """The end of a run of items (pipeline RunResult): the `done` event (`error`, naming the first failure, when
+    an item failed), `{"outputs": [...], "failed": [...]}` on stdout with --json, and the exit code: the first
+    failure's, else 0. Each item's line was printed as it finished."""
+    global _active_sink
+    summary = run.to_json()
+    _active_sink = None
+    if run.failed:
+        sink.failed(summary, run.failed[0].message, run.exit_code)
+    else:
+        sink.done(summary)
+    if json_out:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+    if run.failed:
+        raise typer.Exit(run.exit_code)
+
+
 def _register() -> None:
-    from a2pcli.cli import cmd_doctor, cmd_extract, cmd_models, cmd_render, cmd_train
+    from a2pcli.cli import cmd_batch, cmd_doctor, cmd_extract, cmd_models, cmd_render, cmd_train
 
     cmd_extract.register(app)
     cmd_render.register(app)
+    cmd_batch.register(app)
     cmd_train.register(app)
     cmd_doctor.register(app)
     cmd_models.register(app)

@@ -7,37 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from a2pcli.cli.app import finish, report_failure, session
+from a2pcli.cli.app import finish_run, session
 from a2pcli.cli.options import JsonOut, OutputPath, Overwrite, Progress, ProgressMode, Quiet
-from a2pcli.errors import A2PError, InputError, OutputError
-
-POSE_SUFFIX = ".pose"
-
-
-def plan_outputs(inputs: list[Path], output: Path | None) -> list[Path]:
-    """Where each input's .pose goes: beside it, into the -o directory, or the -o file (one input)."""
-    if output is None:
-        outs = [p.with_suffix(POSE_SUFFIX) for p in inputs]
-    elif output.is_dir() or str(output).endswith(("/", "\\")):
-        if not output.is_dir():
-            raise OutputError("output directory does not exist", subject=str(output), remedy="create it first")
-        outs = [output / (p.stem + POSE_SUFFIX) for p in inputs]
-    elif len(inputs) > 1:
-        raise InputError(
-            "with several inputs, -o must be an existing directory", subject=str(output), remedy="mkdir it first"
-        )
-    else:
-        outs = [output]
-    seen: dict[Path, Path] = {}
-    for src, out in zip(inputs, outs):
-        if out.resolve() in seen:
-            raise InputError(f"{src} and {seen[out.resolve()]} would both write {out}", subject=str(src),
-                             remedy="rename one input or run them separately")
-        seen[out.resolve()] = src
-    return outs
+from a2pcli.extract import ExtractOptions
+from a2pcli.pipeline.options import ExtractJob, OutputOptions
 
 
-def _human(s: dict) -> str:
+def describe_pose(s: dict) -> str:
+    """One line for a finished .pose (its --json result)."""
     r = s["pose_range_deg"]
     filled = f", {s['no_face_frames']} without a face (filled)" if s["no_face_frames"] else ""
     return (
@@ -47,15 +24,24 @@ def _human(s: dict) -> str:
     )
 
 
+def extract_job(*, smooth, start, end, fps, max_gap, overwrite, **_) -> ExtractJob:
+    """extract-pose's parameters (as click parses them) -> its job."""
+    return ExtractJob(ExtractOptions(smooth=smooth, start=start, end=end, fps=fps, max_gap_s=max_gap),
+                      OutputOptions(overwrite=overwrite))
+
+
 def extract_pose(
     inputs: Annotated[list[Path], typer.Argument(help="Videos (any container ffmpeg reads) or images.")],
     output: OutputPath = None,
-    smooth: Annotated[float, typer.Option(help="Temporal smoothing: Gaussian sigma in frames (0: off).")] = 0.0,
-    start: Annotated[Optional[float], typer.Option(help="Start time in seconds.")] = None,
-    end: Annotated[Optional[float], typer.Option(help="End time in seconds.")] = None,
-    fps: Annotated[Optional[float], typer.Option(help="Resample to this frame rate (default: the video's).")] = None,
-    max_gap: Annotated[float, typer.Option(help="Interpolate face-less gaps up to this many seconds.")] = 0.5,
-    overwrite: Overwrite = False,
+    smooth: Annotated[float, typer.Option(help="Temporal smoothing: Gaussian sigma in frames (0: off).")] = \
+        ExtractOptions.smooth,
+    start: Annotated[Optional[float], typer.Option(help="Start time in seconds.")] = ExtractOptions.start,
+    end: Annotated[Optional[float], typer.Option(help="End time in seconds.")] = ExtractOptions.end,
+    fps: Annotated[Optional[float], typer.Option(help="Resample to this frame rate (default: the video's).")] = \
+        ExtractOptions.fps,
+    max_gap: Annotated[float, typer.Option(help="Interpolate face-less gaps up to this many seconds.")] = \
+        ExtractOptions.max_gap_s,
+    overwrite: Overwrite = OutputOptions.overwrite,
     progress: Progress = ProgressMode.auto,
     quiet: Quiet = False,
     json_out: JsonOut = False,
@@ -64,33 +50,15 @@ def extract_pose(
 
     Writes ref.pose next to ref.mp4 unless -o says otherwise; several inputs go to an -o directory.
     """
-    from a2pcli.extract import ExtractOptions, extract_motion
-    from a2pcli.motion import save_pose
-    from a2pcli.outputs import atomic_path, check_output
+    import click
+
+    from a2pcli.pipeline.poses import extract_poses
     from a2pcli.progress import Reporter
 
-    opts = ExtractOptions(smooth=smooth, start=start, end=end, fps=fps, max_gap_s=max_gap)
-    outs = plan_outputs(inputs, output)
-    for out in outs:
-        check_output(out, overwrite)
-    results, failures = [], []
-    with session("extract-pose", progress, quiet) as sink:
-        for src, out in zip(inputs, outs):
-            try:
-                with atomic_path(out, overwrite) as tmp:
-                    motion, summary = extract_motion(src, opts, Reporter(sink))
-                    save_pose(motion, tmp)
-                results.append({**summary, "output": str(out)})
-            except A2PError as exc:
-                if len(inputs) == 1:
-                    raise
-                failures.append((src, exc))
-                report_failure(sink, exc.one_line(), exc.exit_code)
-    summary = {"outputs": results, "failed": [{"input": str(s), "error": e.one_line()} for s, e in failures]}
-    finish(sink, summary, json_out, "\n".join(_human(r) for r in results), quiet)
-    if failures:
-        first = failures[0][1]
-        raise typer.Exit(first.exit_code)
+    job = extract_job(**click.get_current_context().params)
+    with session("extract-pose", progress, quiet, describe_pose) as sink:
+        run = extract_poses(inputs, output, job, reporter=Reporter(sink))
+    finish_run(sink, run, json_out)
 
 
 def register(app: typer.Typer) -> None:

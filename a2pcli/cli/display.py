@@ -1,14 +1,20 @@
-"""Turns library progress events into rich bars, JSON lines, or nothing. All of it on stderr."""
+"""Turns library progress events into rich bars, JSON lines, or nothing. All of it on stderr.
+
+A run of several items (progress.Reporter.item) shows each as `[k/n] name`, its stages from zero (elapsed
+time and ETA per item), and the item's result line (or its error) as soon as it finishes.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 
 from a2pcli.cli.options import ProgressMode
 
 JSON_MIN_INTERVAL_S = 0.1  # at most ten progress lines a second in --progress json
+Describe = Callable[[dict], str]  # an item's result (its --json object) -> the line printed when it finishes
 
 
 def _emit_json(obj: dict) -> None:
@@ -16,23 +22,35 @@ def _emit_json(obj: dict) -> None:
     sys.stderr.flush()
 
 
+def _item_header(ev: dict) -> str:
+    inputs = " + ".join(v.rsplit("/", 1)[-1] for v in ev["inputs"].values())
+    return f"[{ev['index']}/{ev['of']}] {inputs} -> {ev['item']}"
+
+
 class JsonSink:
-    """Rhubarb-style machine-readable progress: start / progress (0..1) / warning / done / error."""
+    """Rhubarb-style machine-readable progress: start / progress (0..1) / warning / info / item / item_done /
+    item_error / done / error, each event carrying the item it belongs to ("item")."""
 
     def __init__(self, command: str):
         self.command = command
         self._last = 0.0
         self.t0 = time.monotonic()
+        self._stage_t0 = self.t0
 
     def start(self) -> None:
         _emit_json({"event": "start", "command": self.command})
 
+    def _with_item(self, ev: dict, out: dict) -> dict:
+        if "item" in ev:
+            out["item"] = ev["item"]
+        return out
+
     def __call__(self, ev: dict) -> None:
         kind = ev["event"]
         if kind == "stage":
-            _emit_json({"event": "progress", "stage": ev["stage"], "value": 0.0, "done": 0, "total": ev["total"]})
-            self._last = time.monotonic()
-            self._stage_t0 = self._last
+            self._last = self._stage_t0 = time.monotonic()
+            _emit_json(self._with_item(ev, {"event": "progress", "stage": ev["stage"], "value": 0.0, "done": 0,
+                                            "total": ev["total"]}))
         elif kind == "progress":
             now = time.monotonic()
             total = ev["total"]
@@ -43,15 +61,20 @@ class JsonSink:
             value = min(1.0, ev["done"] / total) if total else None
             out = {"event": "progress", "stage": ev["stage"], "value": value, "done": ev["done"], "total": total}
             if total and ev["done"] > 0:  # linear extrapolation of the stage so far
-                spent = now - getattr(self, "_stage_t0", self.t0)
-                out["eta_s"] = round(spent / ev["done"] * max(0, total - ev["done"]), 1)
-            _emit_json(out)
+                out["eta_s"] = round((now - self._stage_t0) / ev["done"] * max(0, total - ev["done"]), 1)
+            _emit_json(self._with_item(ev, out))
         else:
-            _emit_json({"event": kind, "message": ev.get("message", "")})
+            _emit_json(ev if kind.startswith("item") else self._with_item(ev, {"event": kind,
+                                                                              "message": ev.get("message", "")}))
 
     def done(self, summary: dict) -> None:
         _emit_json({"event": "done", "command": self.command, "elapsed_s": round(time.monotonic() - self.t0, 3),
                     "summary": summary})
+
+    def failed(self, summary: dict, message: str, exit_code: int) -> None:
+        """The run ended with failed items: the error event names the first, the summary lists every item."""
+        _emit_json({"event": "error", "command": self.command, "message": message, "exit_code": exit_code,
+                    "elapsed_s": round(time.monotonic() - self.t0, 3), "summary": summary})
 
     def error(self, message: str, exit_code: int) -> None:
         _emit_json({"event": "error", "command": self.command, "message": message, "exit_code": exit_code})
@@ -60,10 +83,44 @@ class JsonSink:
         pass
 
 
-class RichSink:
-    """One bar per stage, with counts, elapsed time and ETA; warnings printed above the bars."""
+class _Lines:
+    """What the human sinks share: an item's `[k/n]` header (printed with the item's first line, so an item
+    refused before any work shows its error line alone), result lines, error lines (the same not twice in a row)."""
 
-    def __init__(self, command: str):
+    def __init__(self, write: Callable[[str], None], quiet: bool, describe: Describe | None):
+        self.write, self.quiet, self.describe = write, quiet, describe
+        self.last_error: str | None = None
+        self.pending: str | None = None
+
+    def item(self, ev: dict) -> None:
+        self.pending = _item_header(ev) if ev["of"] > 1 and not self.quiet else None
+
+    def flush(self) -> None:
+        """Print the item's header if it is still pending."""
+        if self.pending is not None:
+            self.write(self.pending)
+            self.pending = None
+
+    def line(self, text: str) -> None:
+        self.flush()
+        self.write(text)
+
+    def item_done(self, ev: dict) -> None:
+        if not self.quiet and self.describe is not None:
+            self.line(self.describe(ev["result"]))
+        self.pending = None
+
+    def item_error(self, ev: dict) -> None:
+        self.pending = None
+        if ev["message"] != self.last_error:
+            self.write(f"error: {ev['message']}")
+        self.last_error = ev["message"]
+
+
+class RichSink:
+    """One bar per stage of the current item, with counts, elapsed time and ETA; lines printed above the bars."""
+
+    def __init__(self, command: str, describe: Describe | None = None):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.progress import TimeRemainingColumn
@@ -81,16 +138,29 @@ class RichSink:
         )
         self.tasks: dict[str, int] = {}
         self.command = command
+        self.lines = _Lines(self._print, False, describe)
+
+    def _print(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, markup=False)
+
+    def _warn(self, text: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/] {text}", highlight=False)
 
     def start(self) -> None:
         self.progress.start()
 
+    def _new_item(self) -> None:
+        for task in self.tasks.values():  # the last item's bars go: this item's start from zero
+            self.progress.remove_task(task)
+        self.tasks = {}
+
     def __call__(self, ev: dict) -> None:
         kind = ev["event"]
         if kind == "stage":
+            self.lines.flush()
             name = ev["stage"]
             if name in self.tasks:
-                self.progress.update(self.tasks[name], total=ev["total"])
+                self.progress.reset(self.tasks[name], total=ev["total"])
             else:
                 self.tasks[name] = self.progress.add_task(name, total=ev["total"])
         elif kind == "progress":
@@ -98,11 +168,22 @@ class RichSink:
             if task is not None:
                 self.progress.update(task, completed=ev["done"], total=ev["total"])
         elif kind == "warning":
-            self.progress.console.print(f"[yellow]warning:[/] {ev['message']}", highlight=False)
+            self.lines.flush()
+            self._warn(ev["message"])
         elif kind == "info":
-            self.progress.console.print(ev["message"], highlight=False)
+            self.lines.line(ev["message"])
+        elif kind == "item":
+            self._new_item()
+            self.lines.item(ev)
+        elif kind == "item_done":
+            self.lines.item_done(ev)
+        elif kind == "item_error":
+            self.lines.item_error(ev)
 
     def done(self, summary: dict) -> None:
+        self.close()
+
+    def failed(self, summary: dict, message: str, exit_code: int) -> None:
         self.close()
 
     def error(self, message: str, exit_code: int) -> None:
@@ -113,23 +194,34 @@ class RichSink:
 
 
 class PlainSink:
-    """No bars (not a terminal, or --progress none): warnings still go to stderr unless quiet."""
+    """No bars (not a terminal, or --progress none): lines still go to stderr (errors even with --quiet)."""
 
-    def __init__(self, command: str, quiet: bool):
+    def __init__(self, command: str, quiet: bool, describe: Describe | None = None):
         self.quiet = quiet
+        self.lines = _Lines(lambda text: sys.stderr.write(text + "\n"), quiet, describe)
 
     def start(self) -> None:
         pass
 
     def __call__(self, ev: dict) -> None:
-        if self.quiet:
+        kind = ev["event"]
+        if kind == "item_error":
+            self.lines.item_error(ev)
+        elif self.quiet:
             return
-        if ev["event"] == "warning":
-            sys.stderr.write(f"warning: {ev['message']}\n")
-        elif ev["event"] == "info":
-            sys.stderr.write(f"{ev['message']}\n")
+        elif kind == "warning":
+            self.lines.line(f"warning: {ev['message']}")
+        elif kind == "info":
+            self.lines.line(ev["message"])
+        elif kind == "item":
+            self.lines.item(ev)
+        elif kind == "item_done":
+            self.lines.item_done(ev)
 
     def done(self, summary: dict) -> None:
+        pass
+
+    def failed(self, summary: dict, message: str, exit_code: int) -> None:
         pass
 
     def error(self, message: str, exit_code: int) -> None:
@@ -139,11 +231,11 @@ class PlainSink:
         pass
 
 
-def make_sink(command: str, mode: ProgressMode, quiet: bool):
+def make_sink(command: str, mode: ProgressMode, quiet: bool, describe: Describe | None = None):
     if mode == ProgressMode.json:
         return JsonSink(command)
     if quiet or mode == ProgressMode.none:
-        return PlainSink(command, quiet)
+        return PlainSink(command, quiet, describe)
     if mode == ProgressMode.rich or (mode == ProgressMode.auto and sys.stderr.isatty()):
-        return RichSink(command)
-    return PlainSink(command, quiet)
+        return RichSink(command, describe)
+    return PlainSink(command, quiet, describe)

@@ -1,0 +1,51 @@
+"""The loaded models of a run, held by one object that the caller passes from call to call.
+
+    models = Models()
+    audio2video("a.png", "one.wav", "a1.mp4", job, models=models)   # loads the speech model
+    audio2video("b.png", "two.wav", "b2.mp4", job, models=models)   # reuses it
+
+Nothing is kept anywhere else: a call without `models` loads what it needs and lets it go.
+"""
+
+from __future__ import annotations
+
+from a2pcli.progress import Reporter
+
+
+class Models:
+    """audio2motion models (by name and device), the face reference, and one set of AniPortrait networks
+    (by weights, dtype and device; a different set replaces it)."""
+
+    def __init__(self):
+        self._audio2motion: dict[tuple[str, str], object] = {}
+        self._reference = None
+        self._aniportrait_key: tuple | None = None
+        self._aniportrait = None
+
+    def audio2motion(self, name_or_path: str | None = None, device: str = "cpu"):
+        """audio2motion.Audio2Motion: the shipped model, a registry name or a model folder (verified when loaded)."""
+        key = (str(name_or_path), device)
+        if key not in self._audio2motion:
+            from a2pcli.audio2motion import load_model
+
+            self._audio2motion[key] = load_model(name_or_path, device=device)
+        return self._audio2motion[key]
+
+    def reference(self):
+        """headpose.FaceReference: the shipped frontal face the head pose is fitted to."""
+        if self._reference is None:
+            from a2pcli.headpose import load_reference
+
+            self._reference = load_reference()
+        return self._reference
+
+    def aniportrait(self, weights: str | None, dtype: str, device: str, reporter: Reporter | None = None):
+        """The diffusion renderer's networks (aniportrait.render.load_models): read and checked once per set."""
+        key = (str(weights), dtype, device)
+        if key != self._aniportrait_key:
+            from a2pcli.aniportrait.render import load_models
+
+            self._aniportrait, self._aniportrait_key = None, None  # the old set goes before the new one loads
+            self._aniportrait = load_models(weights, dtype, device, reporter)
+            self._aniportrait_key = key
+        return self._aniportrait
