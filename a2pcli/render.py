@@ -50,7 +50,7 @@ STEP_COARSE, STEP_MOUTH, STEP_EYE = 1 / 5, 1 / 24, 1 / 28  # face units between 
 PATCH_MARGIN = 0.12  # face units around a patch's range of motion over the whole video
 PATCH_MAX_NODES = 900  # per patch: its spacing grows beyond this (a head that travels far)
 PATCH_FEATHER = 3  # node spacings over which a patch blends into the coarse field
-MIN_COVER = 0.02  # the lid layer is drawn where it covers at least this fraction of an eye
+MIN_COVER = 0.05  # the lid layer is drawn where it covers at least this fraction of an eye (else the warp's lids)
 
 
 @dataclass(frozen=True)
@@ -205,6 +205,7 @@ class WarpRenderer:
 
         # the warp field's nodes: a coarse grid over the working region, fine patches over mouth and eyes
         self.patches = self._plan_patches(plan)
+        self.lid_sizes = self._plan_lid_boxes(plan)
         nodes = [p.nodes for p in self.patches]
         self.node_slices = np.cumsum([0] + [len(n) for n in nodes])
         self.grid = torch.from_numpy(np.concatenate(nodes)).to(dev)  # (G, 2)
@@ -356,11 +357,15 @@ class WarpRenderer:
             dense += self.ident
             region = frames[i, roi.y0 : roi.y1, roi.x0 : roi.x1]
             self._sample_cpu(dense, region)
-            self._lids_cpu(dense, region, [w[1:] for w in lids if w[0] == i])
+            for w in lids:
+                if w.frame == i:
+                    x0, y0 = w.origin
+                    w.pos = np.ascontiguousarray(dense[y0 : y0 + w.size[1], x0 : x0 + w.size[0]])
             if closing is not None and closing[i] > 0.01:
                 m = cv2.remap(self.interior, dense, None, cv2.INTER_LINEAR)[..., None] * closing[i]
                 seal = self._seal_colour() * (1 - (1 - SEAL_DARK) * m**4)
                 region[:] = np.clip(region * (1 - m) + seal * m + 0.5, 0, 255).astype(np.uint8)
+        self._lids_cpu(frames, lids)
         if mouth is not None:
             side = self.mouth_side
             for j, (i, x0, y0) in enumerate(zip(*mouth.where)):
@@ -427,12 +432,23 @@ class WarpRenderer:
         warped = cv2.remap(self.backdrop.layer, dense, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         self.backdrop.composite(warped, region)
 
-    def _open_lids(self, tgt: FaceTargets, canon: np.ndarray) -> tuple[FaceTargets, list]:
+    def _plan_lid_boxes(self, plan: FaceTargets) -> list[tuple[int, int] | None]:
+        """Per eye, the (w, h) pixels of the box that holds its lid in any frame of `plan` (within its patch)."""
+        sizes = []
+        for (upper, _, _), lid, patch in zip(EYES, self.lids, self.patches[2:]):
+            if lid is None:
+                sizes.append(None)
+                continue
+            boxes = lid.boxes(plan.landmarks[:, [upper[0], upper[-1]], :2] - self.origin)
+            w, h = (boxes[:, 2:] - boxes[:, :2]).max(0)
+            sizes.append((int(min(w, patch.x1 - patch.x0)), int(min(h, patch.y1 - patch.y0))))
+        return sizes
+
+    def _open_lids(self, tgt: FaceTargets, canon: np.ndarray) -> tuple[FaceTargets, list[_LidWork]]:
         """The targets with each upper lid kept at the portrait's distance from the lower one (the lid layer
-        closes the eye, not the warp), and the lid layer's work: (frame, eye, coverage, box) for every frame
-        and eye that the lid covers, box: x0, y0, x1, y1 working-region pixels where it can show."""
+        closes the eye, not the warp), and the lid layer's work: every frame and eye the lid covers."""
         work, lm = [], None
-        for e, ((upper, lower, _), lid) in enumerate(zip(EYES, self.lids)):
+        for e, ((upper, lower, _), lid, size) in enumerate(zip(EYES, self.lids, self.lid_sizes)):
             if lid is None:
                 continue
             gap0 = self.face.canon[lower[1:-1], 1] - self.face.canon[upper[1:-1], 1]
@@ -444,53 +460,61 @@ class WarpRenderer:
                 continue
             lm = tgt.landmarks.copy() if lm is None else lm
             # up the face (the pose's y axis) by the shortfall, face units -> pixels
-            lm[:, upper[1:-1]] -= (short * tgt.scale[:, None])[..., None] * tgt.rotation[:, None, :, 1]
-            corners = tgt.landmarks[todo][:, [upper[0], upper[-1]], :2] - self.origin
-            boxes = lid.boxes(corners)
-            work += [(int(i), e, float(cover[i]), tuple(b)) for i, b in zip(todo, boxes)]
+            lm[todo[:, None], upper[None, 1:-1]] -= ((short * tgt.scale[:, None])[..., None]
+                                                     * tgt.rotation[:, None, :, 1])[todo]
+            boxes = lid.boxes(tgt.landmarks[todo][:, [upper[0], upper[-1]], :2] - self.origin)
+            patch = self.patches[2 + e]
+            for i, b in zip(todo, boxes):  # a box of the eye's fixed size, centred on this frame's, in the patch
+                cx, cy = (b[0] + b[2] - size[0]) // 2, (b[1] + b[3] - size[1]) // 2
+                origin = (int(np.clip(cx, patch.x0, patch.x1 - size[0])), int(np.clip(cy, patch.y0, patch.y1 - size[1])))
+                work.append(_LidWork(int(i), e, float(cover[i]), origin, size))
         return (tgt if lm is None else FaceTargets(lm, tgt.rotation, tgt.translation, tgt.scale)), work
 
-    def _lid_box(self, box: tuple, patch: Patch) -> tuple[int, int, int, int] | None:
-        x0, y0 = max(box[0], patch.x0), max(box[1], patch.y0)
-        x1, y1 = min(box[2], patch.x1), min(box[3], patch.y1)
-        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+    def _lid_layers(self, work: list[_LidWork], pos):
+        """For each eye, its items and the lid layer over them: pos (N, h, w, 2) portrait positions, torch."""
+        torch = self.torch
+        for e, lid in enumerate(self.lids_t):
+            items = [w for w in work if w.eye == e]
+            if lid is None or not items:
+                continue
+            p = pos(items)
+            closure = torch.tensor([w.cover for w in items], device=self.device, dtype=torch.float32).view(-1, 1, 1)
+            yield items, lid, p, lid.layer(p, closure)
 
-    def _lids_cpu(self, dense: np.ndarray, region: np.ndarray, work: list) -> None:
-        """The lids over frame `region` (h, w, 3) uint8, in place; dense: its portrait positions (h, w, 2)."""
+    def _lids_cpu(self, frames: np.ndarray, work: list[_LidWork]) -> None:
+        """The lids over `frames` (B, H, W, 3) uint8, in place; each item holds its frame's portrait positions."""
         import cv2
 
-        for e, c, box in work:
-            lid = self.lids_t[e]
-            b = self._lid_box(box, self.patches[2 + e])
-            if b is None:
-                continue
-            x0, y0, x1, y1 = b
-            pos = np.ascontiguousarray(dense[y0:y1, x0:x1])
-            src, a, tone, ink = lid.layer(self.torch.from_numpy(pos), c)
-            skin = cv2.remap(self.crop, src.numpy(), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            skin = lid.paint(self.torch.from_numpy(skin.astype(np.float32)), tone, ink).numpy()
-            sub = region[y0:y1, x0:x1]
-            a = a.numpy()[..., None]
-            sub[:] = np.clip(sub + (skin - sub) * a + 0.5, 0, 255).astype(np.uint8)
-
-    def _lids_gpu(self, pos, out, work: list) -> None:
-        """pos: (B, 2, h, w) working-region pixels; out: (B, C, h, w) float frames, lids drawn in place."""
-        fnn = self.torch.nn.functional
         roi = self.roi
-        scale = self.torch.tensor([2.0 / max(roi.w - 1, 1), 2.0 / max(roi.h - 1, 1)], device=self.device)
-        for i, e, c, box in work:
-            lid = self.lids_t[e]
-            b = self._lid_box(box, self.patches[2 + e])
-            if b is None:
-                continue
-            x0, y0, x1, y1 = b
-            p = pos[i, :, y0:y1, x0:x1].permute(1, 2, 0)
-            src, a, tone, ink = lid.layer(p, c)
-            skin = fnn.grid_sample(self.crop_t, (src * scale - 1.0)[None], mode="bilinear", padding_mode="border",
-                                   align_corners=True)[0]
-            skin = lid.paint(skin.permute(1, 2, 0), tone, ink).permute(2, 0, 1)
-            sub = out[i, :3, y0:y1, x0:x1]
-            sub.add_((skin - sub) * a[None])
+        for items, lid, _, (src, cover, tone, ink) in self._lid_layers(
+                work, lambda items: self.torch.from_numpy(np.stack([w.pos for w in items]))):
+            skins = np.stack([cv2.remap(self.crop, s, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                              for s in src.numpy()])
+            skins = lid.paint(self.torch.from_numpy(skins.astype(np.float32)), tone, ink).numpy()
+            cover = cover.numpy()[..., None]
+            for w, skin, a in zip(items, skins, cover):
+                x0, y0 = roi.x0 + w.origin[0], roi.y0 + w.origin[1]
+                sub = frames[w.frame, y0 : y0 + w.size[1], x0 : x0 + w.size[0]]
+                sub[:] = np.clip(sub + (skin - sub) * a + 0.5, 0, 255).astype(np.uint8)
+
+    def _lids_gpu(self, pos, out, work: list[_LidWork]) -> None:
+        """pos: (B, 2, h, w) working-region pixels; out: (B, C, h, w) float frames, lids drawn in place."""
+        torch = self.torch
+        roi = self.roi
+        scale = torch.tensor([2.0 / max(roi.w - 1, 1), 2.0 / max(roi.h - 1, 1)], device=self.device)
+
+        def boxes(items):
+            return torch.stack([pos[w.frame, :, w.origin[1] : w.origin[1] + w.size[1],
+                                    w.origin[0] : w.origin[0] + w.size[0]].permute(1, 2, 0) for w in items])
+
+        for items, lid, _, (src, cover, tone, ink) in self._lid_layers(work, boxes):
+            skins = torch.nn.functional.grid_sample(self.crop_t.expand(len(items), -1, -1, -1), src * scale - 1.0,
+                                                    mode="bilinear", padding_mode="border", align_corners=True)
+            skins = lid.paint(skins.permute(0, 2, 3, 1), tone, ink).permute(0, 3, 1, 2)
+            for w, skin, a in zip(items, skins, cover):
+                x0, y0 = w.origin
+                sub = out[w.frame, :3, y0 : y0 + w.size[1], x0 : x0 + w.size[0]]
+                sub.add_((skin - sub) * a[None])
 
     # ---- mouth ------------------------------------------------------------------------------------
 
@@ -553,6 +577,18 @@ class WarpRenderer:
         alpha = inside * torch.from_numpy(excess[todo].astype(np.float32)).to(dev)[:, None]
         return _MouthLayer(alpha.reshape(nb, side, side), (colour * 255.0).reshape(nb, 3, side, side),
                            (todo, x0, y0))
+
+
+@dataclass
+class _LidWork:
+    """One eye's lid in one frame of a batch: its coverage and the box (working-region pixels) it is drawn in."""
+
+    frame: int
+    eye: int
+    cover: float
+    origin: tuple[int, int]  # x0, y0
+    size: tuple[int, int]  # w, h
+    pos: np.ndarray | None = None  # (h, w, 2) the box's portrait positions, once the frame's warp is known
 
 
 @dataclass

@@ -5,9 +5,10 @@ way, real blinks in talking clips reach 0.23-0.43 (MediaPipe's lid points never 
 
 The blink times are the ones a2p scheduled (talk.blink_schedule on the same inputs); the deepest point is
 looked for within a frame of each. Pairs that share a portrait are also compared: different speech must
-blink at different times.
+blink at different times. With `--driving X.pose`, each portrait is also driven by `a2p vid2vid`: at each of
+the driver's full blinks (its openness under 0.45 of its median) the output's depth.
 
-    python benchmarks/eval_blinks.py [PORTRAIT SPEECH ...] [--seconds 10] [--out DIR]
+    python benchmarks/eval_blinks.py [PORTRAIT SPEECH ...] [--seconds 10] [--driving X.pose] [--out DIR]
 
 Bar: every blink at most 0.45. Prints one JSON object.
 """
@@ -33,6 +34,7 @@ DEFAULT_PAIRS = ((MEDIA / "sadtalker_happy.png", EN), (MEDIA / "sadtalker_happy.
 FPS, MAX_SIZE, SEED = 25.0, 512, 0
 BAR = 0.45
 PEAK_WINDOW = 1  # frames either side of a scheduled peak
+DRIVER_BLINK = 0.45  # a driver's full blink: openness under this fraction of its median
 
 
 def eye_openness(lm: np.ndarray) -> np.ndarray:
@@ -110,12 +112,42 @@ def evaluate(portrait: Path, speech: Path, seconds: float, tmp: Path, keep: Path
             "median_openness": round(float(np.nanmedian(openness)), 4), "video": str(video)}
 
 
+def driver_blinks(openness: np.ndarray, below: float = DRIVER_BLINK) -> np.ndarray:
+    """Frames of a driving video's full blinks: the deepest frame of each run of frames whose openness is under
+    `below` times the clip's median."""
+    r = openness / np.nanmedian(openness)
+    shut = np.nan_to_num(r, nan=1.0) < below
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], shut.astype(np.int8), [0]])))
+    return np.array([a + int(np.argmin(r[a:b])) for a, b in zip(edges[::2], edges[1::2])], np.int64)
+
+
+def evaluate_driven(portrait: Path, driving: Path, keep: Path) -> dict:
+    """`a2p vid2vid` of `portrait` with `driving` (a .pose): the output's blink depth at each of the driver's
+    full blinks."""
+    from a2pcli.motion import load_pose
+
+    video = keep / f"{portrait.stem}__{driving.stem}.mp4"
+    subprocess.run([sys.executable, "-m", "a2pcli", "vid2vid", str(portrait), str(driving), "-o", str(video),
+                    "--max-size", str(MAX_SIZE), "--progress", "none", "--overwrite", "--quiet"], check=True)
+    motion = load_pose(driving)
+    peaks = driver_blinks(eye_openness(motion.landmarks))
+    openness = openness_series(read_video(video))
+    depths = blink_depths(openness, peaks)
+    driver = eye_openness(motion.landmarks)[peaks] / np.nanmedian(eye_openness(motion.landmarks))
+    return {"portrait": portrait.name, "driving": driving.name, "blink_s": [round(p / motion.fps, 2) for p in peaks],
+            "driver_depth": [round(float(d), 3) for d in driver], "depth": [round(float(d), 3) for d in depths],
+            "worst": round(float(np.nanmax(depths)), 3) if len(depths) else None,
+            "passes": bool(len(depths) and np.nanmax(depths) <= BAR), "video": str(video)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pairs", nargs="*", type=Path, help="PORTRAIT SPEECH pairs (default: a photo, a painting, "
                     "a cartoon and a full-body picture with English, Chinese and Japanese speech)")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", type=Path, help="keep the rendered videos here")
+    ap.add_argument("--driving", type=Path, help="also `a2p vid2vid` each portrait with this .pose (a driving "
+                    "video's, from `a2p extract-pose`): the output's depth at each of the driver's full blinks")
     args = ap.parse_args()
     if len(args.pairs) % 2:
         ap.error("give PORTRAIT SPEECH pairs")
@@ -128,6 +160,11 @@ def main() -> int:
             res = evaluate(portrait, speech, args.seconds, Path(td), keep)
             results.append(res)
             print(json.dumps(res), file=sys.stderr)
+        driven = []
+        if args.driving:
+            for portrait in dict.fromkeys(p for p, _ in pairs):
+                driven.append(evaluate_driven(portrait, args.driving, keep))
+                print(json.dumps(driven[-1]), file=sys.stderr)
     by_portrait: dict[str, list] = {}
     for r in results:
         by_portrait.setdefault(r["portrait"], []).append(r["blink_s"])
@@ -137,7 +174,7 @@ def main() -> int:
                "worst": round(float(np.nanmax(depths)), 3) if depths else None,
                "mean": round(float(np.nanmean(depths)), 3) if depths else None,
                "all_pass": all(r["passes"] for r in results),
-               "same_times_for_different_speech": same_times, "pairs": results}
+               "same_times_for_different_speech": same_times, "pairs": results, "driven": driven}
     print(json.dumps(summary, indent=1))
     return 0
 
