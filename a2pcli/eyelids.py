@@ -42,10 +42,12 @@ SKIN_BAND = (0.3, 0.55)  # the lid's skin is sampled between these fractions of 
 LID_SPAN = 2.0  # the lid's skin that stretches over the eye starts this many eye depths above it ...
 LID_BROW = 0.8  # ... or this fraction of the way up to the brow, if less (the brow never moves)
 SMOOTH_TOLERANCE = 0.1  # openings: how far the eye's top and bottom may stray out of a smooth curve
-GROW_PX = 2  # the eye's mask grows by this (its anti-aliased rim is covered too)
+GROW = (2.0, 0.015)  # the eye's mask grows by this many pixels plus face units: its soft rim and the lash roots
+# are covered too (a lid that stops a pixel short leaves the eye's outline drawn round a closed eye)
 LASH_UNITS = (0.012, 0.03)  # face units: the drawn lash line's least and greatest thickness
 LASH_DARKEST = 0.25  # the lash colour: the median of this darkest fraction of the eye's top rim
-LID_TONE = 0.6  # the closed lid's colour moves this far towards the cheek's skin colour
+LID_TONE = 0.6  # the closed lid's colour moves this far towards the cheek's skin colour ...
+TONE_REACH = 0.6  # ... fully from this fraction of the way down from where its stretched skin begins to its edge
 LASH_OPACITY = 0.9  # the drawn lash line over the lid's skin
 LASH_SKIN = 0.45  # ... its colour at most this bright relative to the lid's skin
 EDGE_PX = 0.8  # softness of the lid's edge, pixels
@@ -147,10 +149,10 @@ def _extent(frame: _Frame, box: tuple, mask: np.ndarray, u: np.ndarray, v_range:
     return top, bottom
 
 
-def _grown(mask: np.ndarray) -> np.ndarray:
+def _grown(mask: np.ndarray, px: int) -> np.ndarray:
     import cv2
 
-    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * GROW_PX + 1,) * 2))
+    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1,) * 2))
 
 
 def _clean(curve: np.ndarray, empty: np.ndarray | None, r: int = 2) -> np.ndarray:
@@ -223,8 +225,9 @@ class EyeLid:
 
         # the lid covers the inpainted pixels (the eye grown by its rim) from the top down
         u = np.linspace(*U_RANGE, SAMPLES)
-        v_range = (float(near[1].min()) - 2 * GROW_PX, float(near[2].max()) + 2 * GROW_PX)
-        top, bottom = _extent(frame, box, _grown(mask), u, v_range)
+        grow = int(round(GROW[0] + GROW[1] * unit))
+        v_range = (float(near[1].min()) - 2 * grow, float(near[2].max()) + 2 * grow)
+        top, bottom = _extent(frame, box, _grown(mask, grow), u, v_range)
         centre = np.interp(u, grid, 0.5 * (upper + lower))
         empty = np.isnan(top)
         top, bottom = _clean(np.where(empty, centre, top), empty), _clean(np.where(empty, centre, bottom), empty)
@@ -323,5 +326,6 @@ class _Lid:
         above = edge - v  # pixels above the lid's edge
         cover = (above / EDGE_PX + 0.5).clamp(0.0, 1.0) * (travel / EDGE_PX).clamp(0.0, 1.0)
         ink = ((lash - above) / (0.5 * lash)).clamp(0.0, 1.0) * (travel / lash).clamp(0.0, LASH_OPACITY)
-        tone = LID_TONE * ((v - skin) / (edge - skin).clamp_min(1e-3)).clamp(0.0, 1.0) * (travel / self.depth).clamp(0.0, 1.0)
+        tone = ((v - skin) / (TONE_REACH * (edge - skin)).clamp_min(1e-3)).clamp(0.0, 1.0)
+        tone = LID_TONE * tone * (travel / self.depth).clamp(0.0, 1.0)
         return src, cover, cover * tone, cover * ink

@@ -6,7 +6,8 @@ way, real blinks in talking clips reach 0.23-0.43 (MediaPipe's lid points never 
 The blink times are the ones a2p scheduled (talk.blink_schedule on the same inputs); the deepest point is
 looked for within a frame of each. Pairs that share a portrait are also compared: different speech must
 blink at different times. With `--driving X.pose`, each portrait is also driven by `a2p vid2vid`: at each of
-the driver's full blinks (its openness under 0.45 of its median) the output's depth.
+the driver's full blinks (its openness under 0.45 of its median) the output's depth, against the openness of
+the output's first frame (the portrait itself: the eyes follow the driver's change since its first frame).
 
     python benchmarks/eval_blinks.py [PORTRAIT SPEECH ...] [--seconds 10] [--driving X.pose] [--out DIR]
 
@@ -132,7 +133,9 @@ def evaluate_driven(portrait: Path, driving: Path, keep: Path) -> dict:
     motion = load_pose(driving)
     peaks = driver_blinks(eye_openness(motion.landmarks))
     openness = openness_series(read_video(video))
-    depths = blink_depths(openness, peaks)
+    # the output's eyes follow the driver's change since its first frame, where the output is the portrait:
+    # depths are against the portrait's own openness (a driver that starts wide-eyed leaves the clip's median low)
+    depths = blink_depths(openness, peaks) * np.nanmedian(openness) / openness[0]
     driver = eye_openness(motion.landmarks)[peaks] / np.nanmedian(eye_openness(motion.landmarks))
     return {"portrait": portrait.name, "driving": driving.name, "blink_s": [round(p / motion.fps, 2) for p in peaks],
             "driver_depth": [round(float(d), 3) for d in driver], "depth": [round(float(d), 3) for d in depths],
