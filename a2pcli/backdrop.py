@@ -27,12 +27,14 @@ from a2pcli import facemesh as fm
 
 SEGMENT_MODEL = 0  # MediaPipe selfie segmentation: 0 = general (256x256 square input), 1 = landscape (144x256)
 PERSON_LO, PERSON_HI = 0.2, 0.8  # segmentation confidence mapped to alpha 0..1 between these
+RIM = (2.0, 0.015)  # pixels plus face units around the segmented person ...
+RIM_ALPHA = 0.5  # ... that move with it at this alpha at least (its outline's anti-aliased pixels)
 FACE_COVERED = 0.85  # fraction of the face oval the segmentation must call person, else it is not trusted
 FACE_FEATHER = 0.03  # face units: the face oval is always person, with this soft edge
-HOLE_GROW = 0.06  # face units: the filled region reaches this far past the person's last trace of alpha
+HOLE_GROW = 0.1  # face units: what is inpainted reaches this far past the person's last trace of alpha
 FILL_UNIT_PX = 24.0  # pixels per face unit at which the background is inpainted (then scaled up)
 FILL_RADIUS = 3  # pixels at that scale: OpenCV inpainting neighbourhood
-ALPHA_FILLED = 0.5  # across the person's soft edge the plate goes from the image (alpha 0) to the fill (this alpha)
+ALPHA_FILLED = 0.05  # across the person's soft edge the plate goes from the image (alpha 0) to the fill (this alpha)
 
 
 @dataclass
@@ -92,8 +94,14 @@ def person_alpha(prob: np.ndarray, landmarks: np.ndarray, unit: float) -> tuple[
     if covered < FACE_COVERED:
         return None, f"the segmentation found the person on only {covered:.0%} of the face"
     t = np.clip((prob - PERSON_LO) / (PERSON_HI - PERSON_LO), 0.0, 1.0)
-    alpha = np.maximum(t * t * (3 - 2 * t), face)
-    return alpha.astype(np.float32), ""
+    alpha = np.maximum(t * t * (3 - 2 * t), face).astype(np.float32)
+    # the segmentation's edge stops short of the outline's anti-aliased pixels: a rim of half alpha takes them
+    # with the person (else they stay on the background plate, a faint outline where the head was)
+    import cv2
+
+    r = int(round(RIM[0] + RIM[1] * unit))
+    rim = cv2.dilate(alpha, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+    return np.maximum(alpha, RIM_ALPHA * rim), ""
 
 
 def fill_background(image: np.ndarray, alpha: np.ndarray, unit: float) -> np.ndarray:
@@ -120,7 +128,7 @@ def fill_background(image: np.ndarray, alpha: np.ndarray, unit: float) -> np.nda
     t = np.clip(alpha / ALPHA_FILLED, 0.0, 1.0)[..., None]
     img = image.astype(np.float32)
     plate = img + (t * t * (3 - 2 * t)) * (fill - img)
-    plate = np.minimum(plate, img / np.maximum(1.0 - alpha[..., None], 1e-3))
+    plate = np.minimum(plate, (img + 0.5) / np.maximum(1.0 - alpha[..., None], 1e-6))  # within rounding at rest
     return np.clip(plate + 0.5, 0, 255).astype(np.uint8)
 
 

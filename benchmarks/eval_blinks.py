@@ -10,6 +10,7 @@ the driver's full blinks (its openness under 0.45 of its median) the output's de
 the output's first frame (the portrait itself: the eyes follow the driver's change since its first frame).
 
     python benchmarks/eval_blinks.py [PORTRAIT SPEECH ...] [--seconds 10] [--driving X.pose] [--out DIR]
+    python benchmarks/eval_blinks.py --still ../shared/corpus/portraits     # the renderer alone, many portraits
 
 Bar: every blink at most 0.45. Prints one JSON object.
 """
@@ -143,6 +144,25 @@ def evaluate_driven(portrait: Path, driving: Path, keep: Path) -> dict:
             "passes": bool(len(depths) and np.nanmax(depths) <= BAR), "video": str(video)}
 
 
+def still_blink(portrait: Path, fps: float = FPS) -> float:
+    """The renderer alone: `portrait` (long side 512) with its head still and one blink at frame 25 of 32, in
+    memory (no encoding). Its depth, against the open frames' median."""
+    from a2pcli.headpose import apply_pose
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+    from a2pcli.pipeline.renderers import render_frames
+    from a2pcli.retarget import FaceTargets
+    from a2pcli.talk import blink_curve, blink_delta
+
+    p = load_portrait(portrait, PortraitOptions(max_size=MAX_SIZE))
+    f, n, peak = p.face, 32, 25
+    canon = f.canon[None] + blink_delta(f.canon, blink_curve(n, fps, np.array([peak])))
+    rot, trans = np.repeat(f.rotation[None], n, 0), np.repeat(f.translation[None], n, 0)
+    scale = np.full(n, f.scale, np.float32)
+    tgt = FaceTargets(apply_pose(canon.astype(np.float32), rot, trans, scale).astype(np.float32), rot, trans, scale)
+    frames = np.concatenate(list(render_frames(p, tgt)))
+    return float(blink_depths(openness_series(frames), np.array([peak]))[0])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pairs", nargs="*", type=Path, help="PORTRAIT SPEECH pairs (default: a photo, a painting, "
@@ -151,7 +171,24 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="keep the rendered videos here")
     ap.add_argument("--driving", type=Path, help="also `a2p vid2vid` each portrait with this .pose (a driving "
                     "video's, from `a2p extract-pose`): the output's depth at each of the driver's full blinks")
+    ap.add_argument("--still", type=Path, help="instead: the renderer alone on every image in this folder, head "
+                    "still, one blink each (still_blink)")
     args = ap.parse_args()
+    if args.still:
+        from a2pcli.errors import A2PError
+
+        depths = {}
+        for path in sorted(args.still.iterdir()):
+            try:
+                depths[path.name] = round(still_blink(path), 3)
+            except A2PError as exc:
+                depths[path.name] = f"skipped: {exc.one_line()}"
+            print(json.dumps({path.name: depths[path.name]}), file=sys.stderr)
+        values = np.array([v for v in depths.values() if isinstance(v, float)])
+        print(json.dumps({"bar": BAR, "portraits": len(values), "worst": round(float(values.max()), 3),
+                          "mean": round(float(values.mean()), 3), "over_bar": int((values > BAR).sum()),
+                          "depths": depths}, indent=1))
+        return 0
     if len(args.pairs) % 2:
         ap.error("give PORTRAIT SPEECH pairs")
     pairs = list(zip(args.pairs[::2], args.pairs[1::2])) or list(DEFAULT_PAIRS)
