@@ -23,6 +23,8 @@ from a2pcli.errors import InputError
 from a2pcli.media import require_file
 
 SAMPLE_RATE = 16000  # Hz: the speech every model reads (a2p's features and audio2motion, AniPortrait's wav2vec2)
+MIN_SPEECH_S = 0.5  # the shortest speech audio2video animates (the README's minimum; 0.1 s broke audio2motion)
+SPEECH_ARRAY_NAME = "<speech array>"  # how speech given as samples is named in messages
 DIGITAL_SILENCE_DBFS = -60.0  # a track whose peak stays below this is digital silence
 _READ_CHUNK = 1 << 18  # bytes read from ffmpeg's stdout at a time
 
@@ -181,6 +183,27 @@ def load_audio(
     if audio.size == 0 and not start_s:
         raise _decode_failed(path, stderr)
     return np.clip(audio, -1.0, 1.0)  # a copy, writable; float sources may exceed full scale
+
+
+def speech_samples(samples) -> np.ndarray:
+    """Speech given as samples (the Python API): (N,) or (N, 1) numbers at SAMPLE_RATE, finite -> (N,) float32
+    clipped to [-1, 1]. InputError naming the array otherwise."""
+    a = np.asarray(samples)
+    if a.dtype.kind not in "iuf" or a.ndim not in (1, 2) or (a.ndim == 2 and 1 not in a.shape):
+        raise InputError(f"expected (N,) float32 mono samples at {SAMPLE_RATE} Hz, got {a.dtype} {a.shape}",
+                         subject=SPEECH_ARRAY_NAME)
+    a = a.reshape(-1).astype(np.float32)
+    if not np.isfinite(a).all():
+        raise InputError("holds NaN or infinite samples", subject=SPEECH_ARRAY_NAME)
+    return np.clip(a, -1.0, 1.0)
+
+
+def check_speech_length(samples: np.ndarray, name) -> None:
+    """InputError naming the speech when it lasts less than MIN_SPEECH_S (a truncated file, a click)."""
+    if len(samples) < MIN_SPEECH_S * SAMPLE_RATE:
+        held = math.floor(len(samples) / SAMPLE_RATE * 100) / 100
+        raise InputError(f"holds {held:.2f} s of audio, less than the {MIN_SPEECH_S:g} s of speech a talking video "
+                         "needs", subject=str(name), remedy=f"give a recording of at least {MIN_SPEECH_S:g} s")
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:

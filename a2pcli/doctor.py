@@ -281,6 +281,26 @@ def check_cudnn() -> Check:
     return Check("cudnn", OK, f"cuDNN {version}, 3x3 convolution ok on {', '.join(results)}", "", data)
 
 
+@never_raises("compile_cache")
+def check_compile_cache() -> Check:
+    """Whether `--compile` (the diffusion renderer's compiled denoiser) will find its kernels in the
+    a2p cache for this torch and GPU, or compile them first (minutes, once per machine)."""
+    if device.visible_cuda_count() == 0:
+        return Check("compile_cache", OK, "not applicable (no CUDA device: --compile runs on a GPU only)", "",
+                     {"warm": None})
+    from a2pcli.aniportrait.runtime import compile_cache_state
+
+    state = compile_cache_state()
+    if state["warm"]:
+        done = ", ".join(f"{r['size'][0]}x{r['size'][1]} batch {r.get('window_batch', 1)}" for r in state["renders"])
+        return Check("compile_cache", OK, f"--compile is warm for this torch and GPU ({done}): compiled kernels "
+                     f"load from {state['dir']}", "", state)
+    return Check("compile_cache", WARN, "--compile is cold for this torch and GPU: the first compiled render "
+                 "compiles the denoiser for a couple of minutes, then later processes load it from the cache",
+                 "run one render with --compile ahead of time (for instance after installing), or render "
+                 "without --compile", state)
+
+
 # --- memory and disk ------------------------------------------------------------------------------
 
 
@@ -476,6 +496,7 @@ def run_checks(output_dir: Path | None = None) -> list[Check]:
         check_torch(),
         *check_gpus(),
         check_cudnn(),
+        check_compile_cache(),
         check_ram(),
         check_disk_cache(),
         check_disk_output(output_dir),

@@ -32,7 +32,11 @@ QUEUE_FRAMES = 8  # frames buffered between the caller and ffmpeg (fewer for ver
 QUEUE_BYTES = 128 << 20  # ... and never more than this many bytes of them
 MAX_CRF = 51  # x264's worst quality (0: lossless, 18: looks lossless)
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}  # others: mp4
+# Output container by the file's extension: (ffmpeg muxer, audio codec). The video is H.264 in all of
+# them; AVI gets 16-bit PCM audio (AAC in AVI is not standard and many players refuse it).
+_FORMATS = {".mp4": ("mp4", "aac"), ".m4v": ("mp4", "aac"), ".mov": ("mov", "aac"), ".mkv": ("matroska", "aac"),
+            ".avi": ("avi", "pcm_s16le")}
+VIDEO_SUFFIXES = tuple(_FORMATS)
 _WAIT_AFTER_FAILURE_S = 5.0
 
 
@@ -56,6 +60,23 @@ def write_new_file(target: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def container(path: Path) -> tuple[str, str]:
+    """(ffmpeg muxer, audio codec) for a video file name; InputError for an extension a2p does not
+    write (it never writes one container under another's name)."""
+    from a2pcli.outputs import target_of
+
+    try:
+        return _FORMATS[Path(path).suffix.lower()]
+    except KeyError:
+        target = target_of(Path(path))
+        raise InputError(
+            f"a2p writes {', '.join(VIDEO_SUFFIXES[:-1])} or {VIDEO_SUFFIXES[-1]} videos, not "
+            f"{target.suffix or 'a name without an extension'}",
+            subject=str(target),
+            remedy=f"name the output {target.with_suffix('.mp4').name}",
+        ) from None
 
 
 class VideoWriter:
@@ -87,6 +108,7 @@ class VideoWriter:
         frames_dir: Path | None = None,
     ):
         self.path = Path(path)
+        self._muxer, self._audio_codec = container(self.path)
         w, h = (int(v) for v in size)
         if w <= 0 or h <= 0 or w % 2 or h % 2:
             raise InputError(
@@ -170,12 +192,14 @@ class VideoWriter:
                 "-vf", "scale=out_color_matrix=bt709:out_range=tv,"
                        "format=yuv420p,setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709",
                 "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
+        if self._muxer == "avi":
+            cmd += ["-bf", "0"]  # AVI has no presentation timestamps: B-frames would decode as extra frames
         if self._video_path != self.path:
             return cmd + ["-f", "mp4", ffmpeg.file_url(self._video_path)]  # the audio pass makes the final file
         return cmd + self._container_args()
 
     def _container_args(self) -> list[str]:
-        fmt = _FORMATS.get(self.path.suffix.lower(), "mp4")
+        fmt = self._muxer
         return (["-movflags", "+faststart"] if fmt in ("mp4", "mov") else []) + ["-f", fmt, ffmpeg.file_url(self.path)]
 
     def _mux_audio(self) -> None:
@@ -189,7 +213,8 @@ class VideoWriter:
         if audio.duration_s:
             cmd += ["-t", f"{audio.duration_s:.6f}"]
         cmd += ["-i", ffmpeg.file_url(audio.path), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-                "-af", f"apad=whole_dur={length},atrim=duration={length}", "-c:a", "aac", "-b:a", "128k",
+                "-af", f"apad=whole_dur={length},atrim=duration={length}", "-c:a", self._audio_codec,
+                *(["-b:a", "128k"] if self._audio_codec == "aac" else []),
                 *self._container_args()]
         proc = ffmpeg.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
         if proc.returncode != 0:

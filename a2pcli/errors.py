@@ -13,7 +13,8 @@ EXIT_BAD_INPUT = 2  # bad usage or bad input file
 EXIT_ENVIRONMENT = 3  # the machine cannot run the job (device, VRAM, ffmpeg, mediapipe)
 EXIT_MODEL = 4  # a model is missing or corrupt
 EXIT_NOT_AVAILABLE = 5  # the command exists but its work is not available in this version
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), handled like Ctrl-C
 
 
 class A2PError(Exception):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2pcli import __version__
+from a2pcli import __version__, limits
 from a2pcli.cache import sha256_file
 from a2pcli.errors import InputError, NoFaceError
 from a2pcli.headpose import FaceReference, canonical, euler_from_matrix, fit_pose, load_reference
@@ -56,15 +56,17 @@ def extract_motion(path: Path, opts: ExtractOptions = ExtractOptions(), reporter
 
 
 def check_options(opts: ExtractOptions) -> None:
-    """The options' values, before any work."""
-    if opts.fps is not None and opts.fps <= 0:
-        raise InputError("must be positive", subject=f"--fps {opts.fps}")
-    if opts.start is not None and opts.start < 0:
-        raise InputError("must be >= 0", subject=f"--start {opts.start}")
+    """The options' values (a2pcli.limits), before any work: InputError naming the flag."""
+    limits.FPS.check("--fps", opts.fps, optional=True)
+    limits.TIME_S.check("--start", opts.start, optional=True)
+    limits.TIME_S.check("--end", opts.end, optional=True)
     if opts.end is not None and opts.end <= (opts.start or 0.0):
-        raise InputError("must be after --start", subject=f"--end {opts.end}")
-    if opts.smooth < 0:
-        raise InputError("must be >= 0", subject=f"--smooth {opts.smooth}")
+        raise InputError(f"must be after --start ({limits.shown(opts.start or 0.0)} s), got {limits.shown(opts.end)}",
+                         subject="--end")
+    limits.SMOOTH.check("--smooth", opts.smooth)
+    limits.MAX_GAP_S.check("--max-gap", opts.max_gap_s)
+    limits.Range(0, 1).check("min_face_fraction", opts.min_face_fraction)
+    limits.Range(64, 16384, whole=True, unit="pixels").check("detect_max_side", opts.detect_max_side)
 
 
 def _image_landmarks(path: Path, opts: ExtractOptions, reporter: Reporter):

@@ -35,6 +35,7 @@ import numpy as np
 
 from a2pcli.errors import InputError
 from a2pcli.headpose import CM_PER_FACE_UNIT, euler_from_matrix, matrix_from_euler
+from a2pcli.landmarks import N_LANDMARKS
 
 POSE_FORMAT = "a2p.pose"
 POSE_VERSION = 1
@@ -75,7 +76,8 @@ class Motion:
 
 
 def save_pose(motion: Motion, path: Path) -> None:
-    """Write `motion` to `path` (already a temp path: callers use outputs.atomic_path)."""
+    """Write `motion` to `path` (already a temp path: callers use outputs.atomic_path). A write that fails (a full
+    disk) raises its OSError from here, with the archive closed: nothing is left to fail again later."""
     arrays = {
         "format": np.array(POSE_FORMAT),
         "version": np.array(POSE_VERSION, np.int32),
@@ -88,12 +90,97 @@ def save_pose(motion: Motion, path: Path) -> None:
         v = getattr(motion, k)
         if v is not None:
             arrays[k] = v
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    # np.savez's layout (one .npy member per array, stored), written here so that every file is closed by a
+    # `with`: np.savez leaves its archive open when a write fails, and its clean-up fails again at exit.
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
+# --- reading: every array checked (shape, type, finite, plausible) before anything uses it ----------------
+
+REQUIRED = ("rotation", "translation", "scale", "valid", "filled")  # what every .pose holds; the rest is optional
+MAX_POSE_FPS = 1000.0  # the highest frame rate the encoder writes (encode.VideoWriter)
+MAX_PIXELS = 100_000.0  # |landmarks|, |translation| and scale in source pixels (a 16K frame is 15360 wide)
+MAX_FACE_UNITS = 100.0  # |expression|, |reference|, template translation (the outer eye corners are 1 apart)
+ROTATION_TOLERANCE = 1e-2  # |R R^T - I| of a stored rotation (extract-pose's float32 fits: about 1e-6)
+MAX_TEMPLATE_DEG = 360.0  # AniPortrait template angles, degrees from the first frame
+MAX_TEMPLATE_CM = MAX_FACE_UNITS * CM_PER_FACE_UNIT  # AniPortrait template translation, cm from the first frame
+POSE_REMEDY = "re-create it with `a2p extract-pose`"
+TEMPLATE_REMEDY = "pass a .pose file from `a2p extract-pose` or a T x 6 template"
+
+
+def _bad(path, why: str, remedy: str = POSE_REMEDY) -> InputError:
+    return InputError(f"not a usable motion file ({why})", subject=str(path), remedy=remedy)
 
 
 def _corrupt(path: Path, why: str) -> InputError:
-    return InputError(f"not a readable .pose file ({why})", subject=str(path), remedy="re-create it with `a2p extract-pose`")
+    return InputError(f"not a readable .pose file ({why})", subject=str(path), remedy=POSE_REMEDY)
+
+
+def _numbers(path, name: str, value, shape: tuple, bound: float | None = None, flag: bool = False,
+             remedy: str = POSE_REMEDY) -> np.ndarray:
+    """`value` as float32 (bool when `flag`) of `shape` (frames first; None: any number), finite and within
+    `bound`; InputError naming the file and the array otherwise."""
+    a = np.asarray(value)
+    kinds = "biu" if flag else "biuf"
+    if a.dtype.kind not in kinds:
+        raise _bad(path, f"{name} holds {a.dtype} values, expected {'booleans' if flag else 'numbers'}", remedy)
+    if a.ndim != len(shape) or any(want is not None and got != want for got, want in zip(a.shape, shape)):
+        want = " x ".join("T" if n is None else str(n) for n in shape)
+        raise _bad(path, f"{name} has shape {' x '.join(map(str, a.shape)) or 'scalar'}, expected {want}", remedy)
+    if flag:
+        return a.astype(bool)
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a.sum(dtype=np.float64)):  # any NaN or infinity makes the sum so (float32 cannot overflow it)
+        where = np.argwhere(~np.isfinite(a))[0]
+        frame = f" (frame {where[0]})" if name != "reference" else ""
+        raise _bad(path, f"{name} holds NaN or infinite values{frame}", remedy)
+    largest = max(float(a.max()), -float(a.min())) if a.size else 0.0
+    if bound is not None and largest > bound:
+        raise _bad(path, f"{name} holds {largest:.3g}, beyond the plausible {bound:g}", remedy)
+    return a
+
+
+def checked_motion(motion: Motion, source) -> Motion:
+    """`motion` with every array checked and stored as float32 (bool flags): shapes (T frames, T >= 1), finite
+    values, plausible magnitudes, rotations that are rotations, a frame rate the encoder takes. InputError naming
+    `source` (a file, or what the motion is) otherwise. For motions read from files and motions given to the API."""
+    for k in REQUIRED:
+        if getattr(motion, k) is None:
+            raise _bad(source, f"it has no {k}")
+    t = len(np.asarray(motion.rotation)) if np.asarray(motion.rotation).ndim else 0
+    if t == 0:
+        raise _bad(source, "it has no frames")
+    fps = motion.fps
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not 0 < float(fps) <= MAX_POSE_FPS:
+        raise _bad(source, f"its frame rate is {fps}, expected more than 0 and at most {MAX_POSE_FPS:g}")
+    size = np.asarray(motion.frame_size)
+    if size.shape != (2,) or size.dtype.kind not in "iu" or (size < 0).any() or (size > MAX_PIXELS).any():
+        raise _bad(source, f"its frame size is {motion.frame_size}, expected two whole numbers of pixels (0 0: none)")
+    # pixels for a .pose of a video; face units for a template (no source frame)
+    unit = MAX_PIXELS if tuple(int(v) for v in size) != (0, 0) else MAX_FACE_UNITS
+    arrays = {
+        "rotation": _numbers(source, "rotation", motion.rotation, (t, 3, 3)),
+        "translation": _numbers(source, "translation", motion.translation, (t, 3), unit),
+        "scale": _numbers(source, "scale", motion.scale, (t,), unit),
+        "valid": _numbers(source, "valid", motion.valid, (t,), flag=True),
+        "filled": _numbers(source, "filled", motion.filled, (t,), flag=True),
+    }
+    for name, shape, bound in (("landmarks", (t, N_LANDMARKS, 3), MAX_PIXELS),
+                               ("expression", (t, N_LANDMARKS, 3), MAX_FACE_UNITS),
+                               ("reference", (N_LANDMARKS, 3), MAX_FACE_UNITS)):
+        if getattr(motion, name) is not None:
+            arrays[name] = _numbers(source, name, getattr(motion, name), shape, bound)
+    if (arrays["scale"] <= 0).any():
+        raise _bad(source, f"scale must be above 0 in every frame (frame {int(np.argmax(arrays['scale'] <= 0))})")
+    r = arrays["rotation"].astype(np.float64)
+    error = np.abs(r @ r.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+    if (error > ROTATION_TOLERANCE).any() or (np.linalg.det(r) <= 0).any():
+        bad = int(np.argmax((error > ROTATION_TOLERANCE) | (np.linalg.det(r) <= 0)))
+        raise _bad(source, f"rotation of frame {bad} is not a rotation matrix")
+    return replace(motion, fps=float(fps), frame_size=tuple(int(v) for v in size), **arrays)
 
 
 def load_pose(path: Path) -> Motion:
@@ -104,53 +191,53 @@ def load_pose(path: Path) -> Motion:
         raise _corrupt(path, str(exc)[:120]) from exc
     if str(data.get("format", "")) != POSE_FORMAT:
         raise _corrupt(path, "no a2p.pose format tag")
-    version = int(data.get("version", -1))
+    try:
+        version = int(data.get("version", -1))
+    except (TypeError, ValueError) as exc:
+        raise _corrupt(path, "its version is not a number") from exc
     if version != POSE_VERSION:
         raise InputError(
             f"pose format version {version} is not supported (this a2p reads version {POSE_VERSION})",
             subject=str(path),
             remedy="re-create it with `a2p extract-pose`, or use the a2p version that wrote it",
         )
+    missing = [k for k in ("fps", "frame_size", *REQUIRED) if k not in data]
+    if missing:
+        raise _corrupt(path, f"it has no {', '.join(missing)}")
     try:
-        motion = Motion(
-            fps=float(data["fps"]),
-            frame_size=tuple(int(v) for v in data["frame_size"]),
-            meta=json.loads(str(data["meta"])),
-            **{k: data.get(k) for k in _ARRAYS},
-        )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise _corrupt(path, f"missing or bad field {exc}") from exc
-    _check_lengths(motion, path)
-    return motion
-
-
-def _check_lengths(m: Motion, path: Path) -> None:
-    n = len(m.rotation)
-    for k in _ARRAYS:
-        v = getattr(m, k)
-        if v is not None and k != "reference" and len(v) != n:
-            raise _corrupt(path, f"{k} has {len(v)} frames, rotation has {n}")
-    if n == 0 or m.fps <= 0:
-        raise _corrupt(path, "no frames or no frame rate")
+        fps = float(data["fps"])
+        meta = json.loads(str(data["meta"])) if "meta" in data else {}
+    except (TypeError, ValueError) as exc:
+        raise _corrupt(path, f"bad field: {str(exc)[:120]}") from exc
+    if not isinstance(meta, dict):
+        raise _corrupt(path, "its meta is not a JSON object")
+    motion = Motion(fps=fps, frame_size=data["frame_size"], meta=meta, **{k: data.get(k) for k in _ARRAYS})
+    return checked_motion(motion, path)
 
 
 def load_aniportrait_template(path: Path) -> Motion:
     """AniPortrait `.npy` (T, 6) head-pose template -> Motion (relative to its first frame)."""
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"not a readable .npy file ({exc})", subject=str(path)) from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"not a readable .npy file ({str(exc)[:120]})", subject=str(path)) from exc
+    remedy = TEMPLATE_REMEDY
     if arr.ndim != 2 or arr.shape[1] != 6 or len(arr) == 0:
         raise InputError(
             f"expected an AniPortrait head-pose template of shape (T, 6), got {arr.shape}",
             subject=str(path),
-            remedy="pass a .pose file from `a2p extract-pose` or a T x 6 template",
+            remedy=remedy,
         )
+    arr = _numbers(path, "the template", arr, (None, 6), remedy=remedy)
+    for name, cols, bound in (("angles", slice(0, 3), MAX_TEMPLATE_DEG), ("translation", slice(3, 6), MAX_TEMPLATE_CM)):
+        if float(np.abs(arr[:, cols]).max()) > bound:
+            largest = float(np.abs(arr[:, cols]).max())
+            raise _bad(path, f"its {name} reach {largest:.3g}, beyond the plausible {bound:g}", remedy)
     r_gl = _matrix_from_euler_xyz_extrinsic(arr[:, :3])
     rotation = _FLIP_GL @ r_gl @ _FLIP_GL
     translation = (arr[:, 3:] @ _FLIP_GL.T / CM_PER_FACE_UNIT).astype(np.float32)
     t = len(arr)
-    return Motion(
+    motion = Motion(
         fps=ANIPORTRAIT_FPS,
         rotation=rotation.astype(np.float32),
         translation=translation,
@@ -159,6 +246,7 @@ def load_aniportrait_template(path: Path) -> Motion:
         filled=np.zeros(t, bool),
         meta={"source": {"name": Path(path).name, "kind": "aniportrait-template"}},
     )
+    return checked_motion(motion, path)
 
 
 def _matrix_from_euler_xyz_extrinsic(deg: np.ndarray) -> np.ndarray:

@@ -49,6 +49,8 @@ class ModelEntry:
     files: tuple[ModelFile, ...] = field(default_factory=tuple)
     card: str | None = None
     recorded: bool = False  # sha256 and size come from the cache's record, not from the registry
+    # expected bytes of files not recorded yet (a fetched model before `models pull`): {path: bytes}
+    download_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:
@@ -62,7 +64,14 @@ class ModelEntry:
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        """Bytes on disk once complete: the recorded or listed sizes, and for a file not recorded yet
+        the size it would download (`download_sizes`, an estimate)."""
+        return sum(f.size if f.sha256 else self.download_sizes.get(f.path, 0) for f in self.files)
+
+    @property
+    def size_estimated(self) -> bool:
+        """Whether `size` counts files that are not there yet (the expected download, not bytes on disk)."""
+        return any(not f.sha256 and f.path in self.download_sizes for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ def load_registry(path: Path | None = None) -> dict[str, ModelEntry]:
                 files=files,
                 card=raw.get("card"),
                 recorded=recorded,
+                download_sizes={str(k): int(v) for k, v in raw.get("download_sizes", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(

@@ -126,3 +126,74 @@ def video_frames(path) -> np.ndarray:
     meta = next(gen)
     w, h = meta["size"]
     return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in gen])
+
+
+# --- float32 tables: error bounds from float32 rounding --------------------------------------------------
+
+U32 = 2.0**-24  # float32 unit roundoff: each + - * / sqrt rounds to within U32 x |result|
+
+
+def ddim_tables_with_bounds(kwargs: dict) -> dict:
+    """diffusers' DDIM tables (linear betas, zero-terminal-SNR rescale, cumulative product) evaluated in
+    float64, each with a first-order bound of the error that float32 evaluation may have: every
+    operation's rounding (U32 x |result|) plus its operands' errors carried through the operation.
+    Two correct float32 implementations (torch's vectorised kernels differ per instruction set: the
+    linspace formula, the order of operations) both lie within the bound of the float64 value.
+    Returns {"betas", "alphas_cumprod"} -> (value, bound), float64 arrays."""
+    assert kwargs["beta_schedule"] == "linear" and kwargs["rescale_betas_zero_snr"]
+    n, b0, b1 = int(kwargs.get("num_train_timesteps", 1000)), float(kwargs["beta_start"]), float(kwargs["beta_end"])
+    u = U32
+    # linspace: start + i*step or end - (n-1-i)*step, step = (end-start)/(n-1) rounded
+    betas = np.linspace(b0, b1, n)
+    e = 3 * u * (abs(b0) + abs(b1)) + u * np.abs(betas)
+
+    def prod(x, ex):  # cumulative product with its running error
+        p, ep = np.empty_like(x), np.empty_like(x)
+        p[0], ep[0] = x[0], ex[0]
+        for t in range(1, len(x)):
+            p[t] = p[t - 1] * x[t]
+            ep[t] = abs(x[t]) * ep[t - 1] + abs(p[t - 1]) * ex[t] + u * abs(p[t])
+        return p, ep
+
+    # rescale_zero_terminal_snr
+    alphas, e = 1.0 - betas, e + u * np.abs(1.0 - betas)
+    abar, e = prod(alphas, e)
+    s = np.sqrt(abar)
+    e = e / (2 * s) + u * s
+    s0, sT, e0, eT = s[0], s[-1], e[0], e[-1]
+    shifted = s - sT
+    e = e + eT + u * np.abs(shifted)
+    shifted[-1], e[-1] = 0.0, 0.0  # x - x is exactly 0 in any arithmetic
+    d = s0 - sT
+    ed = e0 + eT + u * abs(d)
+    k = s0 / d
+    ek = e0 / abs(d) + abs(s0) * ed / d**2 + u * abs(k)
+    scaled = shifted * k
+    e = abs(k) * e + np.abs(shifted) * ek + u * np.abs(scaled)
+    abar2 = scaled**2
+    e = 2 * np.abs(scaled) * e + u * abar2
+    ratio = np.concatenate([abar2[:1], abar2[1:] / abar2[:-1]])
+    er = np.concatenate([e[:1], e[1:] / abar2[:-1] + abar2[1:] * e[:-1] / abar2[:-1] ** 2 + u * ratio[1:]])
+    betas = 1.0 - ratio
+    eb = er + u * np.abs(betas)
+    # the scheduler: alphas = 1 - betas, alphas_cumprod = cumprod(alphas)
+    alphas, ea = 1.0 - betas, eb + u * np.abs(1.0 - betas)
+    ac, eac = prod(alphas, ea)
+    return {"betas": (betas, eb), "alphas_cumprod": (ac, eac)}
+
+
+def fixture_ddim(kind: str = "ddim", kwargs: dict | None = None):
+    """build_scheduler(...) with its float32 tables replaced by the oracle's own (scheduler.npz): the
+    float64 rungs downstream then see the same coefficients on any CPU, while the tables themselves are
+    checked with float32 tolerances (test_ddim_scheduler_tables_timesteps_and_steps)."""
+    import torch
+
+    from a2pcli.aniportrait.scheduler import build_scheduler
+
+    s = build_scheduler(kind, kwargs)
+    z = arrays("scheduler.npz")
+    if kind == "ddim":
+        s.betas = torch.from_numpy(z["betas"].copy())
+        s.alphas = 1.0 - s.betas
+        s.alphas_cumprod = torch.from_numpy(z["alphas_cumprod"].copy())
+    return s

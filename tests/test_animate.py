@@ -10,9 +10,19 @@ import numpy as np
 import pytest
 
 from a2pcli.cli.app import main
-from tests.conftest import ffmpeg_exe, media
+from tests.conftest import EXAMPLE_PORTRAIT, driving_video, ffmpeg_exe, media, second_portrait
 
 EXIT_BAD_INPUT = 2
+
+
+def happy() -> Path:
+    """A photo portrait: the shared sample, or the repository's example without ../shared."""
+    return media("sadtalker_happy.png", fallback=EXAMPLE_PORTRAIT)
+
+
+def s9() -> Path:
+    """A second portrait: the shared sample, or the example mirrored without ../shared."""
+    return media("liveportrait_s9.jpg", fallback=second_portrait)
 
 
 def a2p(capsys, *args) -> tuple[int, str, str]:
@@ -60,7 +70,7 @@ def d3_pose(tmp_path_factory) -> Path:
     from a2pcli.extract import ExtractOptions, extract_motion
     from a2pcli.motion import save_pose
 
-    motion, _ = extract_motion(media("liveportrait_d3.mp4"), ExtractOptions(end=1.2))
+    motion, _ = extract_motion(media("liveportrait_d3.mp4", fallback=driving_video), ExtractOptions(end=1.2))
     path = tmp_path_factory.mktemp("motion") / "d3.pose"
     save_pose(motion, path)
     return path
@@ -70,7 +80,7 @@ def d3_pose(tmp_path_factory) -> Path:
 def d0_frames() -> np.ndarray:
     from a2pcli.media import probe_video, stream_frames
 
-    info = probe_video(media("liveportrait_d0.mp4"))
+    info = probe_video(media("liveportrait_d0.mp4", fallback=driving_video))
     return np.stack([f.copy() for f, _ in zip(stream_frames(info), range(20))])
 
 
@@ -83,7 +93,7 @@ def face_box(image: np.ndarray) -> tuple[int, int, int, int]:
 
 def test_pose2vid_moves_the_face_and_keeps_the_background(capsys, tmp_path, d3_pose):
     out = tmp_path / "out.mp4"
-    s = run_ok(capsys, "pose2vid", media("sadtalker_happy.png"), d3_pose, "--crop", "--size", "256", "-o", out)
+    s = run_ok(capsys, "pose2vid", happy(), d3_pose, "--crop", "--size", "256", "-o", out)
     frames, meta = read_video(out)
     assert s["frames"] == len(frames) == 36 and s["size"] == [256, 256] and frames.shape[1:3] == (256, 256)
     assert abs(meta["fps"] - 30) < 0.01 and "h264" in streams(out) and "yuv420p" in streams(out)
@@ -103,7 +113,7 @@ def test_pose2vid_with_aniportrait_template_and_audio(capsys, tmp_path):
     np.save(tmp_path / "template.npy", template)
     sf.write(tmp_path / "speech.wav", (0.1 * np.sin(np.arange(16000) * 0.05)).astype(np.float32), 16000)  # 1 s
     out = tmp_path / "t.mp4"
-    s = run_ok(capsys, "pose2vid", media("liveportrait_s9.jpg"), tmp_path / "template.npy", "--audio",
+    s = run_ok(capsys, "pose2vid", s9(), tmp_path / "template.npy", "--audio",
                tmp_path / "speech.wav", "--crop", "--size", "192", "-o", out)
     assert s["frames"] == 30 and any("shorter" in n for n in s["notes"]), s  # 1 s of audio cuts 1.5 s of motion
     assert "aac" in streams(out)
@@ -116,18 +126,18 @@ def test_pose2vid_audio_longer_than_motion(capsys, tmp_path, d3_pose):
     import soundfile as sf
 
     sf.write(tmp_path / "long.wav", np.zeros(16000 * 3, np.float32) + 0.01, 16000)
-    s = run_ok(capsys, "pose2vid", media("sadtalker_happy.png"), d3_pose, "--audio", tmp_path / "long.wav", "--crop",
+    s = run_ok(capsys, "pose2vid", happy(), d3_pose, "--audio", tmp_path / "long.wav", "--crop",
                "--size", "128", "-o", tmp_path / "l.mp4")
     assert s["frames"] == 36 and any("longer" in n for n in s["notes"]), s
 
 
 def test_vid2vid_keeps_the_driving_audio(capsys, tmp_path):
-    driving = media("sadtalker_WDA_KatieHill_000.mp4")
+    driving = media("sadtalker_WDA_KatieHill_000.mp4", fallback=driving_video)
     cut = tmp_path / "katie.mp4"  # 1 s of it keeps the test short
     subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(driving), "-t", "1", "-c:v", "libx264", "-c:a", "aac",
                     str(cut)], check=True)
     out = tmp_path / "v.mp4"
-    s = run_ok(capsys, "vid2vid", media("sadtalker_happy.png"), cut, "--crop", "--size", "160", "-o", out)
+    s = run_ok(capsys, "vid2vid", happy(), cut, "--crop", "--size", "160", "-o", out)
     assert s["frames"] >= 20 and "aac" in streams(out)
 
 
@@ -136,7 +146,7 @@ def test_vid2vid_without_audio_and_late_face(capsys, tmp_path, d0_frames):
     blank = np.full((6, *d0_frames.shape[1:]), 90, np.uint8)
     driving = write_video(tmp_path / "late.mp4", np.concatenate([blank, d0_frames[:10]]))
     out = tmp_path / "late_out.mp4"
-    s = run_ok(capsys, "vid2vid", media("liveportrait_s9.jpg"), driving, "--crop", "--size", "128", "-o", out)
+    s = run_ok(capsys, "vid2vid", s9(), driving, "--crop", "--size", "128", "-o", out)
     assert "Audio" not in streams(out)
     assert any("first 6 frames have no face" in n for n in s["notes"]), s["notes"]
     assert s["frames"] == 10
@@ -144,14 +154,14 @@ def test_vid2vid_without_audio_and_late_face(capsys, tmp_path, d0_frames):
 
 def test_vid2vid_one_frame_driving_video(capsys, tmp_path, d0_frames):
     driving = write_video(tmp_path / "one.mp4", d0_frames[:1])
-    s = run_ok(capsys, "vid2vid", media("sadtalker_happy.png"), driving, "--crop", "--size", "128",
+    s = run_ok(capsys, "vid2vid", happy(), driving, "--crop", "--size", "128",
                "-o", tmp_path / "one_out.mp4")
     assert s["frames"] == 1
 
 
 def test_frames_dir_and_meta(capsys, tmp_path, d3_pose):
     out = tmp_path / "m.mp4"
-    run_ok(capsys, "pose2vid", media("sadtalker_happy.png"), d3_pose, "--crop", "--size", "128", "-o", out,
+    run_ok(capsys, "pose2vid", happy(), d3_pose, "--crop", "--size", "128", "-o", out,
            "--frames-dir", tmp_path / "frames", "--meta")
     assert len(list((tmp_path / "frames").glob("*.png"))) == 36
     meta = json.loads((tmp_path / "m.mp4.json").read_text())
@@ -163,7 +173,7 @@ def test_frames_dir_and_meta(capsys, tmp_path, d3_pose):
 def test_awkward_portraits(capsys, tmp_path, d3_pose, variant):
     from PIL import Image
 
-    im = Image.open(media("sadtalker_happy.png")).convert("RGB")
+    im = Image.open(happy()).convert("RGB")
     path = tmp_path / f"{variant}.png"
     if variant == "gray":
         im.convert("L").save(path)
@@ -189,7 +199,7 @@ def test_small_face_in_a_large_image(capsys, tmp_path, d3_pose):
 def test_several_faces_warn_and_face_index(capsys, tmp_path, d3_pose):
     from PIL import Image
 
-    face = Image.open(media("sadtalker_happy.png")).convert("RGB")
+    face = Image.open(happy()).convert("RGB")
     two = Image.new("RGB", (512, 300), (128, 128, 128))
     two.paste(face.resize((280, 280)), (0, 10))
     two.paste(face.resize((220, 220)), (282, 20))
@@ -217,20 +227,20 @@ def test_pose_of_unknown_version(capsys, tmp_path, d3_pose):
     arrays["version"] = np.array(99, np.int32)
     with open(tmp_path / "future.pose", "wb") as f:
         np.savez(f, **arrays)
-    err = _fails(capsys, tmp_path, "pose2vid", media("sadtalker_happy.png"), tmp_path / "future.pose",
+    err = _fails(capsys, tmp_path, "pose2vid", happy(), tmp_path / "future.pose",
                  named="future.pose")
     assert "version 99" in err
 
 
 def test_corrupt_pose(capsys, tmp_path, d3_pose):
     (tmp_path / "cut.pose").write_bytes(d3_pose.read_bytes()[:5000])
-    _fails(capsys, tmp_path, "pose2vid", media("sadtalker_happy.png"), tmp_path / "cut.pose", named="cut.pose")
+    _fails(capsys, tmp_path, "pose2vid", happy(), tmp_path / "cut.pose", named="cut.pose")
 
 
 def test_driving_video_without_a_face(capsys, tmp_path):
     rng = np.random.default_rng(0)
     noise = write_video(tmp_path / "noise.mp4", rng.integers(0, 255, (8, 128, 128, 3), dtype=np.uint8))
-    err = _fails(capsys, tmp_path, "vid2vid", media("sadtalker_happy.png"), noise, named="noise.mp4")
+    err = _fails(capsys, tmp_path, "vid2vid", happy(), noise, named="noise.mp4")
     assert "face" in err
 
 
@@ -242,5 +252,5 @@ def test_portrait_without_a_face(capsys, tmp_path, d3_pose):
 
 
 def test_output_in_missing_directory(capsys, tmp_path, d3_pose):
-    code, _, err = a2p(capsys, "pose2vid", media("sadtalker_happy.png"), d3_pose, "-o", tmp_path / "nope" / "o.mp4")
+    code, _, err = a2p(capsys, "pose2vid", happy(), d3_pose, "-o", tmp_path / "nope" / "o.mp4")
     assert code == EXIT_BAD_INPUT and "nope" in err and not (tmp_path / "nope").exists()

@@ -294,6 +294,24 @@ def _flip_a_byte(path: Path, at: int = -10) -> None:
 # --- the file list, the registry entry, the key table -------------------------------------------------------
 
 
+def test_models_list_shows_what_a_pull_would_download(capsys):
+    """Before `models pull`, the fetched model's size is the download (about 12 GB), marked as an estimate."""
+    import math
+
+    code, out, _ = a2p(capsys, "models", "list", "--json")
+    row = next(m for m in json.loads(out)["models"] if m["name"] == "aniportrait")
+    assert code == 0 and row["status"] == "missing"
+    assert 11e9 < row["size_bytes"] < 13e9 and row["size_is_download_estimate"], row
+    # the estimates are the tensor bytes of the full-size checkpoints, and name only files pull fetches
+    sizes = registry.get("aniportrait").download_sizes
+    assert set(sizes) <= {h.rel for h in hub.HUB_FILES}
+    nbytes = {"float32": 4, "float16": 2, "int64": 8}
+    for name, keys in weights.key_table().items():
+        assert sizes[name] == sum(math.prod(shape) * nbytes[dtype] for shape, dtype in keys.values()), name
+    code, out, _ = a2p(capsys, "models", "list")
+    assert "~12155" in out.replace("\n", " ")
+
+
 def test_registry_entry_lists_the_weight_files():
     raw = json.loads((Path(registry.__file__).parents[1] / "models" / "registry.json").read_text())["models"]
     entry = raw["aniportrait"]

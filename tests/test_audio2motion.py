@@ -18,7 +18,7 @@ from a2pcli.audio2motion import WEIGHTS_FILE, load_model
 from a2pcli.errors import ModelError
 from a2pcli.facemesh import FOREHEAD, LEFT_BROW, LEFT_EYE_UPPER, RIGHT_BROW, RIGHT_EYE_UPPER
 from a2pcli.landmarks import mouth_opening
-from tests.conftest import ffmpeg_exe, media, run_a2p
+from tests.conftest import EXAMPLE_SPEECH, ffmpeg_exe, media, run_a2p
 
 SR = features.SAMPLE_RATE
 
@@ -39,7 +39,7 @@ def reference():
 def speech():
     from a2pcli.audio import load_audio
 
-    return load_audio(media("sadtalker_RD_Radio31_000.wav"), SR)
+    return load_audio(media("sadtalker_RD_Radio31_000.wav", fallback=EXAMPLE_SPEECH), SR)
 
 
 def _babble(seconds: float, seed: int = 0) -> np.ndarray:
@@ -98,6 +98,8 @@ def test_deterministic(model, speech):
 
 
 def test_loudness_does_not_matter(model, speech):
+    # recorded speech only: on the synthesised example the quieter copy moves the lips up to 0.04 apart
+    media("sadtalker_RD_Radio31_000.wav")
     a = model.predict(speech[: 4 * SR], 25.0)
     b = model.predict(speech[: 4 * SR] * 0.05, 25.0)  # 26 dB quieter
     assert np.abs(a - b).max() < 0.02  # face units: under 2 px on a face 100 px wide between the eye corners

@@ -11,12 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ffmpeg_exe, media
+from tests.conftest import EXAMPLE_PORTRAIT, EXAMPLE_SPEECH, ffmpeg_exe, media, second_portrait
 from tests.test_animate import a2p, read_video, streams
 
 EXIT_BAD_INPUT, EXIT_MODEL = 2, 4
 SR = 16000
 PORTRAIT_ARGS = ("--crop", "--size", "160")
+
+
+def happy() -> Path:
+    """A photo portrait: the shared sample, or the repository's example without ../shared."""
+    return media("sadtalker_happy.png", fallback=EXAMPLE_PORTRAIT)
+
+
+def s9() -> Path:
+    """A second portrait: the shared sample, or the example mirrored without ../shared."""
+    return media("liveportrait_s9.jpg", fallback=second_portrait)
 
 
 def run_all(capsys, *args) -> dict:
@@ -55,7 +65,8 @@ def speech_wav(tmp_path_factory) -> Path:
     """2 s of real speech, then 1.5 s of silence."""
     from a2pcli.audio import load_audio
 
-    speech = load_audio(media("sadtalker_RD_Radio31_000.wav"), SR, start_s=1.0, duration_s=2.0)
+    speech = load_audio(media("sadtalker_RD_Radio31_000.wav", fallback=EXAMPLE_SPEECH), SR, start_s=1.0,
+                        duration_s=2.0)
     audio = np.concatenate([speech, np.zeros(int(1.5 * SR), np.float32)])
     return write_wav(tmp_path_factory.mktemp("speech") / "speech_then_silence.wav", audio)
 
@@ -70,7 +81,7 @@ def mouth_series(video: Path) -> np.ndarray:
 
 def test_speech_moves_the_mouth_and_silence_closes_it(capsys, tmp_path, speech_wav):
     out = tmp_path / "talk.mp4"
-    s = run_ok(capsys, media("sadtalker_happy.png"), speech_wav, *PORTRAIT_ARGS, "--size", "256", "-o", out)
+    s = run_ok(capsys, happy(), speech_wav, *PORTRAIT_ARGS, "--size", "256", "-o", out)
     frames, meta = read_video(out)
     assert len(frames) == s["frames"] and abs(len(frames) / meta["fps"] - 3.5) <= 1 / meta["fps"] + 1e-6
     assert "aac" in streams(out)
@@ -84,7 +95,7 @@ def test_speech_moves_the_mouth_and_silence_closes_it(capsys, tmp_path, speech_w
 def test_any_length(capsys, tmp_path, seconds):
     wav = write_wav(tmp_path / f"s{seconds}.wav", tone_speech(seconds))
     out = tmp_path / "o.mp4"
-    s = run_ok(capsys, media("liveportrait_s9.jpg"), wav, "--crop", "--size", "128", "-o", out)
+    s = run_ok(capsys, s9(), wav, "--crop", "--size", "128", "-o", out)
     frames, meta = read_video(out)
     assert abs(len(frames) / meta["fps"] - seconds) <= 1 / meta["fps"] + 1e-6 and s["frames"] == len(frames)
 
@@ -92,7 +103,7 @@ def test_any_length(capsys, tmp_path, seconds):
 def test_silence_only(capsys, tmp_path):
     wav = write_wav(tmp_path / "quiet.wav", np.zeros(SR, np.float32))
     out = tmp_path / "q.mp4"
-    run_ok(capsys, media("sadtalker_happy.png"), wav, *PORTRAIT_ARGS, "-o", out)
+    run_ok(capsys, happy(), wav, *PORTRAIT_ARGS, "-o", out)
     assert mouth_series(out).max() < 0.08
 
 
@@ -105,7 +116,7 @@ def test_audio_formats(capsys, tmp_path):
     subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=1", "-i", str(stereo48),
                     "-shortest", "-c:v", "libx264", "-c:a", "aac", str(mp4)], check=True)
     for src in (stereo48, mp3, mp4):
-        s = run_ok(capsys, media("liveportrait_s9.jpg"), src, "--crop", "--size", "96", "-o", tmp_path / f"{src.stem}_out.mp4")
+        s = run_ok(capsys, s9(), src, "--crop", "--size", "96", "-o", tmp_path / f"{src.stem}_out.mp4")
         assert 24 <= s["frames"] <= 26, (src, s["frames"])
 
 
@@ -113,7 +124,7 @@ def test_same_seed_same_video(capsys, tmp_path, speech_wav):
     digests = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.mp4"
-        run_ok(capsys, media("sadtalker_happy.png"), speech_wav, *PORTRAIT_ARGS, "--seed", "7", "-o", out)
+        run_ok(capsys, happy(), speech_wav, *PORTRAIT_ARGS, "--seed", "7", "-o", out)
         digests.append(hashlib.sha256(read_video(out)[0].tobytes()).hexdigest())
     assert digests[0] == digests[1]
 
@@ -121,11 +132,10 @@ def test_same_seed_same_video(capsys, tmp_path, speech_wav):
 def test_batch_of_portraits(capsys, tmp_path, speech_wav):
     outdir = tmp_path / "outs"
     outdir.mkdir()
-    s = run_all(capsys, media("sadtalker_happy.png"), media("liveportrait_s9.jpg"), speech_wav, *PORTRAIT_ARGS,
-                "-o", outdir)
+    s = run_all(capsys, happy(), s9(), speech_wav, *PORTRAIT_ARGS, "-o", outdir)
     assert len(s["outputs"]) == 2 and not s["failed"]
-    assert sorted(p.name for p in outdir.iterdir()) == ["liveportrait_s9_speech_then_silence.mp4",
-                                                         "sadtalker_happy_speech_then_silence.mp4"]
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(f"{p.stem}_speech_then_silence.mp4"
+                                                              for p in (happy(), s9()))
 
 
 def test_portraits_times_audio_files_in_one_run(capsys, tmp_path):
@@ -136,14 +146,14 @@ def test_portraits_times_audio_files_in_one_run(capsys, tmp_path):
     (tmp_path / "bad.wav").write_text("not audio\n")
     outdir = tmp_path / "outs"
     outdir.mkdir()
-    code, out, err = a2p(capsys, "audio2video", media("sadtalker_happy.png"), media("liveportrait_s9.jpg"), a,
+    code, out, err = a2p(capsys, "audio2video", happy(), s9(), a,
                          tmp_path / "bad.wav", b, "--crop", "--size", "128", "-o", outdir, "--json")
     s = json.loads(out)
     assert code == EXIT_BAD_INPUT and "bad.wav" in err
     assert [(f["audio"], Path(f["input"]).name) for f in s["failed"]] == [
-        (str(tmp_path / "bad.wav"), "sadtalker_happy.png"), (str(tmp_path / "bad.wav"), "liveportrait_s9.jpg")]
-    assert sorted(p.name for p in outdir.iterdir()) == ["liveportrait_s9_one.mp4", "liveportrait_s9_two.mp4",
-                                                         "sadtalker_happy_one.mp4", "sadtalker_happy_two.mp4"]
+        (str(tmp_path / "bad.wav"), happy().name), (str(tmp_path / "bad.wav"), s9().name)]
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(f"{p.stem}_{a}.mp4" for p in (happy(), s9())
+                                                              for a in ("one", "two"))
     for r in s["outputs"]:
         frames, meta = read_video(Path(r["output"]))
         seconds = 1.0 if r["audio"] == str(a) else 0.6
@@ -153,11 +163,11 @@ def test_portraits_times_audio_files_in_one_run(capsys, tmp_path):
 def test_several_audio_files_need_an_output_directory_and_images_come_first(capsys, tmp_path):
     a = write_wav(tmp_path / "one.wav", tone_speech(0.5))
     b = write_wav(tmp_path / "two.wav", tone_speech(0.5))
-    code, _, err = a2p(capsys, "audio2video", media("sadtalker_happy.png"), a, b, "-o", tmp_path / "x.mp4")
+    code, _, err = a2p(capsys, "audio2video", happy(), a, b, "-o", tmp_path / "x.mp4")
     assert code == EXIT_BAD_INPUT and "-o must be an existing directory" in err
-    code, _, err = a2p(capsys, "audio2video", media("sadtalker_happy.png"), a, media("liveportrait_s9.jpg"),
+    code, _, err = a2p(capsys, "audio2video", happy(), a, s9(),
                        "-o", tmp_path)
-    assert code == EXIT_BAD_INPUT and "liveportrait_s9.jpg" in err and "portraits come first" in err
+    assert code == EXIT_BAD_INPUT and s9().name in err and "portraits come first" in err
     assert not list(tmp_path.glob("*.mp4"))
 
 
@@ -165,16 +175,16 @@ def test_template_and_still(capsys, tmp_path, speech_wav):
     template = np.zeros((20, 6), np.float32)
     template[:, 1] = np.linspace(0, 10, 20)
     np.save(tmp_path / "turn.npy", template)
-    s = run_ok(capsys, media("sadtalker_happy.png"), speech_wav, *PORTRAIT_ARGS, "--pose", tmp_path / "turn.npy",
+    s = run_ok(capsys, happy(), speech_wav, *PORTRAIT_ARGS, "--pose", tmp_path / "turn.npy",
                "-o", tmp_path / "t.mp4")
     assert any("back and forth" in n for n in s["notes"]), s["notes"]
-    run_ok(capsys, media("sadtalker_happy.png"), speech_wav, *PORTRAIT_ARGS, "--still", "-o", tmp_path / "still.mp4")
+    run_ok(capsys, happy(), speech_wav, *PORTRAIT_ARGS, "--still", "-o", tmp_path / "still.mp4")
 
 
 def test_text_file_named_wav(capsys, tmp_path):
     (tmp_path / "notes.wav").write_text("this is not audio\n")
     out = tmp_path / "x.mp4"
-    code, _, err = a2p(capsys, "audio2video", media("sadtalker_happy.png"), tmp_path / "notes.wav", "-o", out)
+    code, _, err = a2p(capsys, "audio2video", happy(), tmp_path / "notes.wav", "-o", out)
     assert code == EXIT_BAD_INPUT and "notes.wav" in err and not out.exists()
 
 
@@ -190,6 +200,6 @@ def test_corrupt_model_file(capsys, tmp_path, speech_wav):
             data = data[: len(data) // 2]
         (bad / f.name).write_bytes(data)
     out = tmp_path / "x.mp4"
-    code, _, err = a2p(capsys, "audio2video", media("sadtalker_happy.png"), speech_wav, "--model", bad, "-o", out)
+    code, _, err = a2p(capsys, "audio2video", happy(), speech_wav, "--model", bad, "-o", out)
     assert code == EXIT_MODEL and "model.safetensors" in err and "a2p models verify" in err, err
     assert not out.exists()

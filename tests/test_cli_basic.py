@@ -106,7 +106,7 @@ BAD_INPUT_RUNS = [  # (argv, text the error must contain)
     (["pose2vid", "face.png", "motion.pose"], "motion.pose"),
     (["pose2vid", "face.png", "template.npy"], "template.npy"),
     (["pose2vid", "face.png", "motion.pose", "--audio", "speech.wav"], "speech.wav"),
-    (["audio2video", "face.png", "speech.wav"], "speech.wav"),
+    (["audio2video", "face.png", "speech.wav"], "face.png"),  # the portrait first: the first problem is reported
     (["train", "audio2motion", "--data", "missing-clips", "-o", "model"], "missing-clips"),
     (["train", "audio2motion", "--data", "clips", "-o", "model", "--resume", "missing.pt"], "missing.pt"),
     (["train", "audio2motion", "-o", "model"], "--data"),
@@ -127,7 +127,7 @@ def test_stub_existing_output_needs_overwrite(capsys, monkeypatch, inputs):
     code, _, err = a2p(capsys, "audio2video", "face.png", "speech.wav")
     assert code == EXIT_BAD_INPUT and "face_speech.mp4" in err and "--overwrite" in err
     code, _, err = a2p(capsys, "audio2video", "face.png", "speech.wav", "--overwrite")
-    assert code == EXIT_BAD_INPUT and "speech.wav" in err, err  # past the output check: the one-byte audio
+    assert code == EXIT_BAD_INPUT and "face.png" in err, err  # past the output check: the one-byte portrait
 
 
 def test_stub_unknown_model(capsys, monkeypatch, inputs):

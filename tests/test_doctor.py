@@ -282,3 +282,23 @@ def test_preflight_device_out_of_range():
     with pytest.raises(InputError) as err:
         preflight(f"cuda:{torch.cuda.device_count()}")
     assert "cuda:0" in err.value.one_line()
+
+
+def test_compile_cache_is_cold_until_a_compiled_render_marks_it(monkeypatch, tmp_path):
+    """The compiled kernels live in the a2p cache, one folder per torch and GPU; a compiled render
+    records that it finished, which is what makes the doctor say warm."""
+    from a2pcli.aniportrait import runtime
+
+    monkeypatch.setenv("A2P_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(runtime.COMPILE_ENV, "")  # unset for the code, restored afterwards
+    state = runtime.compile_cache_state()
+    assert not state["warm"] and state["dir"].startswith(str(tmp_path / "compile"))
+    runtime.mark_compile_warm({"size": [512, 512], "window_frames": 16, "window_batch": 1, "dtype": "fp16"})
+    assert os.environ[runtime.COMPILE_ENV] == state["dir"], "inductor's cache is pointed into the a2p cache"
+    runtime.mark_compile_warm({"size": [512, 512], "window_frames": 16, "window_batch": 1, "dtype": "fp16"})
+    state = runtime.compile_cache_state()
+    assert state["warm"] and len(state["renders"]) == 1, "the same settings are recorded once"
+    check = doctor.check_compile_cache()
+    assert check.name == "compile_cache" and check.status in STATUSES
+    if not torch.cuda.is_available():
+        assert check.status == "ok" and "not applicable" in check.summary

@@ -126,6 +126,27 @@ def test_audio_part_from_an_offset(tmp_path):
     assert np.abs(sound[1000:7000]).mean() > 0.2 and np.abs(sound[9000:15000]).max() < 0.02
 
 
+@pytest.mark.parametrize("suffix,container,audio_codec", [(".mkv", "matroska", "aac"), (".mov", "mov", "aac"),
+                                                        (".avi", "avi", "pcm_s16le")])
+def test_the_extension_decides_the_container(tmp_path, suffix, container, audio_codec):
+    wav = write_wav(tmp_path / "tone.wav", 1.0)
+    out = tmp_path / f"out{suffix}"
+    frames = write_video(out, 25, (64, 48), 25.0, audio=probe_audio(wav))
+    info = ffmpeg_info(out)
+    assert re.search(rf"Input #0, {container}", info), info
+    assert re.search(r"Video: h264", info) and re.search(rf"Audio: {audio_codec}", info), info
+    decoded = decode(out)[1]
+    assert len(decoded) == 25 and psnr(decoded[10], frames[10]) > 30
+    assert abs(len(load_audio(out, 16000)) / 16000 - 1.0) <= 1 / 25
+
+
+@pytest.mark.parametrize("name", ["out.gif", "out.webm", "out"])
+def test_an_extension_a2p_does_not_write_is_refused_by_name(tmp_path, name):
+    with pytest.raises(InputError, match="writes .mp4") as err:
+        VideoWriter(tmp_path / name, (64, 48), 25)
+    assert "out.mp4" in err.value.one_line() and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("size", [(63, 48), (64, 47), (0, 48)])
 def test_odd_or_empty_size_is_an_input_error(tmp_path, size):
     with pytest.raises(InputError, match="even") as err:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from a2pcli.motion import load_pose, save_pose
-from tests.conftest import ffmpeg_exe, media, run_a2p, run_json
+from tests.conftest import EXAMPLE_PORTRAIT, driving_video, ffmpeg_exe, media, run_a2p, run_json, second_portrait
 
 
 def _frames_in(path) -> int:
@@ -21,7 +21,7 @@ def _frames_in(path) -> int:
 @pytest.fixture(scope="module")
 def d3_pose(tmp_path_factory):
     out = tmp_path_factory.mktemp("d3") / "d3.pose"
-    summary = run_json("extract-pose", media("liveportrait_d3.mp4"), "-o", out)
+    summary = run_json("extract-pose", media("liveportrait_d3.mp4", fallback=driving_video), "-o", out)
     return out, summary["outputs"][0]
 
 
@@ -70,8 +70,8 @@ def test_pose_file_round_trips(d3_pose, tmp_path):
 def test_default_output_is_beside_the_input_and_batch_to_a_directory(tmp_path):
     a = tmp_path / "a.jpg"
     b = tmp_path / "b.jpg"
-    shutil.copy(media("liveportrait_s12.jpg"), a)
-    shutil.copy(media("liveportrait_s9.jpg"), b)
+    shutil.copy(media("liveportrait_s12.jpg", fallback=EXAMPLE_PORTRAIT), a)
+    shutil.copy(media("liveportrait_s9.jpg", fallback=second_portrait), b)
     run_a2p("extract-pose", a, check=0)
     assert (tmp_path / "a.pose").exists()
     outdir = tmp_path / "poses"
@@ -84,7 +84,7 @@ def test_default_output_is_beside_the_input_and_batch_to_a_directory(tmp_path):
 
 def test_png_holding_jpeg_data_works(tmp_path):
     fake_png = tmp_path / "portrait.png"
-    shutil.copy(media("liveportrait_s12.jpg"), fake_png)
+    shutil.copy(media("liveportrait_s12.jpg", fallback=EXAMPLE_PORTRAIT), fake_png)
     s = run_json("extract-pose", fake_png)["outputs"][0]
     assert s["frames"] == 1 and s["face_frames"] == 1
 
@@ -95,7 +95,8 @@ def test_small_face_in_a_large_image_is_found(tmp_path):
 
 
 def test_progress_json_lines_on_stderr(tmp_path):
-    proc = run_a2p("extract-pose", media("liveportrait_d0.mp4"), "-o", tmp_path / "x.pose", "--progress", "json",
+    proc = run_a2p("extract-pose", media("liveportrait_d0.mp4", fallback=driving_video), "-o", tmp_path / "x.pose",
+                   "--progress", "json",
                    check=0)
     import json
 
@@ -122,11 +123,19 @@ def _make_video(path, seconds: float, frames: int | None = None, size=64):
     subprocess.run(cmd + ["-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
 
 
+def _index_at_the_end(src, dest):
+    """`src` remuxed the way most cameras write: the index (moov) after the data, so a cut-off copy has none."""
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(src), "-c", "copy", "-movflags", "-faststart", str(dest)],
+                   check=True)
+    return dest
+
+
 def _bad_inputs(tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n")
     truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(media("liveportrait_d0.mp4").read_bytes()[:200_000])
+    whole = _index_at_the_end(media("liveportrait_d0.mp4", fallback=driving_video), tmp_path / "whole.mp4")
+    truncated.write_bytes(whole.read_bytes()[: min(200_000, whole.stat().st_size // 2)])
     noface = tmp_path / "gradient.png"
     _make_no_face_image(noface)
     zero = tmp_path / "zero.mp4"
@@ -159,7 +168,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
 
 
 def test_unwritable_output_directory(tmp_path):
-    img = media("liveportrait_s12.jpg")
+    img = media("liveportrait_s12.jpg", fallback=EXAMPLE_PORTRAIT)
     proc = run_a2p("extract-pose", img, "-o", tmp_path / "no" / "such" / "dir" / "x.pose")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     proc = run_a2p("extract-pose", img, "-o", "/proc/x.pose")  # a filesystem nobody can write, root included
@@ -168,7 +177,7 @@ def test_unwritable_output_directory(tmp_path):
 
 def test_batch_goes_on_after_a_bad_input_and_fails_at_the_end(tmp_path):
     good = tmp_path / "good.jpg"
-    shutil.copy(media("liveportrait_s12.jpg"), good)
+    shutil.copy(media("liveportrait_s12.jpg", fallback=EXAMPLE_PORTRAIT), good)
     bad = tmp_path / "bad.mp4"
     bad.write_text("nope")
     outdir = tmp_path / "out"

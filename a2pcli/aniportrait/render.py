@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from a2pcli.aniportrait.config import WINDOW_BATCH
 from a2pcli.errors import InputError
 from a2pcli.progress import Reporter
 
@@ -62,11 +63,15 @@ FULLSIZE_PARAMS = {
     "vae": 83_653_863,
     "image_encoder": 303_966_208,
 }
-# Activation memory per latent pixel and frame of one window (batch: 2 CFG rows x 16 frames), bytes
-# at 2-byte dtypes; calibrated on an H100 at 512x512 (benchmarks/README.md). `--low-vram` runs the CFG
-# rows one after the other and keeps only the denoiser and PoseGuider on the device while sampling.
-ACT_BYTES_PER_LATENT_PX_FRAME = 34_000  # per latent pixel, frame and guidance row: 4.46 GB at 512x512 fp16, 2 x 16 frames
-REFERENCE_PASS_BYTES_PER_LATENT_PX = 110_000  # CLIP + reference write on top of all weights (low-vram peak)
+# Activation memory of one denoiser call per latent pixel, frame and guidance row, bytes at 2-byte
+# dtypes: 2.3 GB for a 16-frame window with CFG at 512x512 (H200, 2026-12-03; a window batch of k
+# windows takes k times that). `--low-vram` runs the CFG rows one after the other and keeps only the
+# denoiser and PoseGuider on the device while sampling.
+ACT_BYTES_PER_LATENT_PX_FRAME = 17_500
+DECODE_BYTES_PER_PX_FRAME = 1_530  # VAE decoder activations per output pixel and frame: 3.2 GB for 8 frames at 512x512
+POSE_FEATURE_WINDOWS = 8  # PoseGuider features kept across steps for a 3-second clip (62 MB a window at 512x512)
+POSE_FEATURE_CHANNELS_X_LEVELS = 320 * 1.5  # their 5 maps: 320 channels x (1 + 1/4 + 2/16 + 4/64 + 4/64) latent pixels
+REFERENCE_PASS_BYTES_PER_LATENT_PX = 110_000  # CLIP + reference write on top of all weights
 SLACK_BYTES = 300_000_000  # allocator slack
 
 
@@ -147,22 +152,30 @@ def _dtype_bytes(dtype: str) -> int:
 
 
 def vram_estimate(width: int, height: int, dtype: str = "fp16", low_vram: bool = False,
-                  context_frames: int = 16, cfg: bool = True) -> int:
-    """Peak GPU memory of a full-size render at (width, height), bytes (independent of the clip's
-    length: the latents of the whole clip are (4, N, H/8, W/8), a few MB a second). Normal: every
-    network on the device plus one window's activations. `--low-vram`: the larger of the start (every
-    network, the reference pass) and sampling (denoiser and PoseGuider, one guidance half at a time).
-    Measured on an H100 at 512x512 fp16: 9.94 GB (estimate 10.22), low-vram 5.92 GB (estimate 6.21)."""
+                  context_frames: int = 16, cfg: bool = True, window_batch: int = WINDOW_BATCH,
+                  decode_batch: int = 8) -> int:
+    """Peak GPU memory of a full-size render at (width, height), bytes (for a clip of a few seconds:
+    beyond that the kept PoseGuider features add 62 MB per 12 frames at 512x512, up to 4 GB). The
+    largest of three phases: the start (every network on the device, the reference pass), the
+    denoising loop (CLIP and the reference UNet parked on the host; `window_batch` windows'
+    activations) and the VAE decode. `--low-vram`: the start, or sampling with only the denoiser and
+    PoseGuider on the device, one guidance half at a time. Measured on an H200 at 512x512 fp16 with a
+    window batch of 2: 8.25 GB uncompiled, 7.6 GB compiled (estimate 8.5 GB)."""
     b = _dtype_bytes(dtype)
     p = FULLSIZE_PARAMS
     every = sum(p.values()) * b
     latent_px = (width // 8) * (height // 8)
-    act = ACT_BYTES_PER_LATENT_PX_FRAME * latent_px * context_frames * (2 if cfg else 1) * (b / 2)
-    if not low_vram:
-        return int(every + act + SLACK_BYTES)
+    rows = 2 if cfg else 1
+    act = ACT_BYTES_PER_LATENT_PX_FRAME * latent_px * context_frames * rows * (b / 2)
     start = every + REFERENCE_PASS_BYTES_PER_LATENT_PX * latent_px * (b / 2)
-    sampling = (p["denoiser"] + p["pose_guider"]) * b + act / (2 if cfg else 1)
-    return int(max(start, sampling) + SLACK_BYTES)
+    if low_vram:
+        sampling = (p["denoiser"] + p["pose_guider"]) * b + act / rows
+        return int(max(start, sampling) + SLACK_BYTES)
+    resident = (p["denoiser"] + p["pose_guider"] + p["vae"]) * b
+    pose = POSE_FEATURE_WINDOWS * POSE_FEATURE_CHANNELS_X_LEVELS * latent_px * context_frames * b
+    loop = resident + act * max(1, window_batch) + pose
+    decode = resident + DECODE_BYTES_PER_PX_FRAME * width * height * decode_batch * (b / 2)
+    return int(max(start, loop, decode) + SLACK_BYTES)
 
 
 def torch_dtype(name: str):
@@ -295,6 +308,11 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, dopts: Dif
     result = sampler(portrait.image, poses, width=width, height=height, steps=dopts.steps,
                      guidance_scale=dopts.cfg, seed=dopts.seed, progress=progress, decode=False)
     t_sample = time.perf_counter() - t1
+    if compiled:  # the kernels for these shapes are in the a2p cache now (`a2p doctor` reports it)
+        from a2pcli.aniportrait.runtime import mark_compile_warm
+
+        mark_compile_warm({"size": [width, height], "window_frames": sampler.config.context_frames,
+                           "window_batch": sampler.config.window_batch, "dtype": dtype})
 
     reporter.stage("decode and encode", total=n)
     t2 = time.perf_counter()

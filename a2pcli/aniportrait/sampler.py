@@ -23,7 +23,9 @@ Compat mode (`AniPortraitConfig.compat()`) follows the original step by step:
 
 Exact savings (`AniPortraitConfig()` defaults; each within fp tolerance of compat, see the tests):
 `reference_cond_only` (write pass on the cond row only), `pose_cache` (PoseGuider once per window
-on one CFG copy, reused at every step), `vae_decode_batch` (several frames per decoder call).
+on one CFG copy, reused at every step), `vae_decode_batch` (several frames per decoder call),
+`window_batch` (several windows per denoiser call: `WindowStep`), `park_reference` (CLIP and the
+reference UNet in host memory while the windows are denoised).
 
 Public API::
 
@@ -91,10 +93,36 @@ class AniPortraitModels:
     reference_unet: torch.nn.Module
     denoiser: torch.nn.Module
     pose_guider: torch.nn.Module
+    host: dict = field(default_factory=dict, repr=False)
+    """Host copies of parked networks' tensors, by (network, tensor name)."""
+    parked: list = field(default_factory=list, repr=False)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.denoiser.dtype
+
+    def park(self, *nets: torch.nn.Module) -> None:
+        """Free the GPU memory of networks that the rest of a render does not use (CLIP and the
+        reference UNet once the bank is written: 2.3 GB at full size in fp16). Their tensors are
+        copied to pinned host memory the first time and the copies kept (the weights never change),
+        so parking again costs nothing and `unpark` is one host-to-device copy. No-op off the GPU."""
+        for net in nets:
+            p = next(net.parameters(), None)
+            if p is None or p.device.type != "cuda":
+                continue
+            for name, t in [*net.named_parameters(), *net.named_buffers()]:
+                key = (id(net), name)
+                if key not in self.host:
+                    self.host[key] = torch.empty_like(t, device="cpu", pin_memory=True).copy_(t)
+                t.data = self.host[key]
+            self.parked.append((net, p.device))
+
+    def unpark(self) -> None:
+        """Parked networks back on their GPU."""
+        while self.parked:
+            net, device = self.parked.pop()
+            for name, t in [*net.named_parameters(), *net.named_buffers()]:
+                t.data = self.host[(id(net), name)].to(device, non_blocking=True)
 
     @property
     def device(self) -> torch.device:
@@ -152,6 +180,120 @@ def video_to_frames(video: torch.Tensor) -> list[np.ndarray]:
     `save_videos_grid` (`(x * 255).astype(uint8)`)."""
     v = video[0].permute(1, 2, 3, 0).float().cpu().numpy()
     return [f for f in (v * 255).astype(np.uint8)]
+
+
+def chunks(windows: list[list[int]], size: int) -> list[list[int]]:
+    """Indices of `windows` grouped for batched denoiser calls: consecutive runs of at most `size`
+    windows of equal length (a batch needs one frame count)."""
+    out: list[list[int]] = []
+    for i, w in enumerate(windows):
+        if out and len(out[-1]) < max(1, int(size)) and len(windows[out[-1][0]]) == len(w):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def guide(noise_pred: torch.Tensor, counter: torch.Tensor, guidance: float, do_cfg: bool,
+          nocfg_overlap: str = "sum") -> torch.Tensor:
+    """Summed window predictions (rows, 4, N, h, w) and the per-frame window count (1, 1, N, 1, 1) ->
+    the guided prediction (1, 4, N, h, w): `u + s (c - u)` on the window means with CFG; without
+    CFG the sum (AniPortrait's quirk, "sum") or the mean."""
+    if do_cfg:
+        uncond, cond = (noise_pred / counter).chunk(2)
+        return uncond + guidance * (cond - uncond)
+    if nocfg_overlap == "sum":
+        return noise_pred
+    return noise_pred / counter
+
+
+class WindowStep:
+    """One denoising step over a list of context windows: the denoiser's v-predictions of every
+    window, summed into the frames each window covers, with the per-frame window count.
+
+    `sums(latents, t, windows)` is the unit of work of a step: the sums of disjoint lists of windows
+    add up to the sums of their union, so a step's windows can be split between processes and the
+    results added. Up to `window_batch` windows of one length go through the denoiser in one call
+    (batch `[uncond windows..., cond windows...]`); each window's prediction is the same as alone up
+    to the rounding of the larger matrix products, and the sums are taken in window order.
+
+    The PoseGuider runs once per window (`pose_cache`; its BatchNorm takes the window's own frame
+    statistics) and its features are kept across steps when `keep_features`; without `pose_cache`
+    (compat) it runs on both CFG copies of every window at every step, as the original does."""
+
+    def __init__(self, denoiser, pose_guider, pose: Callable, ehs: torch.Tensor, bank, *, rows: int,
+                 pose_cache: bool = True, keep_features: bool = True, sequential_cfg: bool = False,
+                 ref_pose: torch.Tensor | None = None, window_batch: int = 1):
+        self.denoiser, self.pose_guider, self.pose = denoiser, pose_guider, pose
+        self.ehs, self.bank, self.rows = ehs, bank, rows
+        self.pose_cache, self.keep_features = pose_cache, keep_features
+        self.sequential_cfg, self.ref_pose = sequential_cfg, ref_pose
+        self.window_batch = 1 if sequential_cfg else max(1, int(window_batch))
+        self.pose_guider_calls = 0
+        self._features: dict[tuple, list[torch.Tensor]] = {}
+
+    def window_features(self, window: list[int]) -> list[torch.Tensor]:
+        """The PoseGuider's 5 maps for one window: (1, c, f, h, w) with `pose_cache` (broadcast
+        over the CFG rows), else (rows, c, f, h, w)."""
+        if not self.pose_cache:
+            self.pose_guider_calls += 1
+            return self.pose_guider(self.pose(window).repeat(self.rows, 1, 1, 1, 1), self.ref_pose)
+        key = tuple(window)
+        fea = self._features.get(key)
+        if fea is None:
+            fea = self.pose_guider(self.pose(window), None)  # one copy; broadcast later
+            self.pose_guider_calls += 1
+            if self.keep_features:
+                self._features[key] = fea
+        return fea
+
+    def batch_features(self, group: list[list[int]]) -> list[torch.Tensor]:
+        """Features of a group of k windows, batched like the denoiser's input: (k, ...) when each
+        window has one copy, else (rows * k, ...) ordered [row 0 of every window, row 1 ...]."""
+        per = [self.window_features(w) for w in group]
+        if len(group) == 1:
+            return per[0]
+        out = []
+        for maps in zip(*per):
+            if all(x.shape[0] == 1 for x in maps):
+                out.append(torch.cat(maps))
+            else:
+                full = [x.expand(self.rows, *x.shape[1:]) for x in maps]
+                out.append(torch.cat([x[r:r + 1] for r in range(self.rows) for x in full]))
+        return out
+
+    def predict(self, x: torch.Tensor, t, fea: list[torch.Tensor], k: int) -> torch.Tensor:
+        """Denoiser on the batch x (rows * k, 4, f, h, w) ordered [uncond windows..., cond windows...]."""
+        den, rows = self.denoiser, self.rows
+        ehs = self.ehs.repeat_interleave(k, dim=0) if k > 1 else self.ehs
+        if rows == 2 and self.sequential_cfg:
+            def half(r):
+                return [f if f.shape[0] == 1 else f[r * k:(r + 1) * k] for f in fea]
+            return torch.cat([den(x[:k], t, ehs[:k], half(0), None, False),
+                              den(x[k:], t, ehs[k:], half(1), self.bank, False)])
+        return den(x, t, ehs, fea, self.bank, rows == 2)
+
+    @torch.no_grad()
+    def sums(self, latents: torch.Tensor, t, windows: list[list[int]],
+             on_window: Callable[[int, list[int], torch.Tensor], None] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """latents (1, 4, N, h, w) (scaled for the model) -> (sums (rows, 4, N, h, w), counter
+        (1, 1, N, 1, 1)) over `windows`; `on_window(i, window, pred (rows, 4, f, h, w))` after each."""
+        n = latents.shape[2]
+        noise_pred = torch.zeros((self.rows, *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
+        counter = torch.zeros((1, 1, n, 1, 1), device=latents.device, dtype=latents.dtype)
+        for idx in chunks(windows, self.window_batch):
+            group = [windows[i] for i in idx]
+            k = len(group)
+            x = torch.cat([latents[:, :, w] for w in group]).repeat(self.rows, 1, 1, 1, 1)
+            pred = self.predict(x, t, self.batch_features(group), k)
+            for j, (i, window) in enumerate(zip(idx, group)):
+                p = pred[j::k] if k > 1 else pred
+                noise_pred[:, :, window] = noise_pred[:, :, window] + p
+                counter[:, :, window] = counter[:, :, window] + 1
+                if on_window is not None:
+                    on_window(i, window, p)
+        return noise_pred, counter
 
 
 class Pose2VideoSampler:
@@ -222,6 +364,7 @@ class Pose2VideoSampler:
         (H, W, 3), channel order as drawn). `ref_pose` is accepted for the original's signature and
         has no effect (the PoseGuider ignores it). Arguments left None come from the config."""
         self.restore()
+        self.models.unpark()
         cfg = self.config
         width = int(width or cfg.width)
         height = int(height or cfg.height)
@@ -289,66 +432,38 @@ class Pose2VideoSampler:
             for net in (m.image_encoder, m.reference_unet, m.vae):
                 net.to("cpu")
             torch.cuda.empty_cache()
+        elif cfg.park_reference:
+            m.park(m.image_encoder, m.reference_unet)  # not used again until the next render
 
         # 6. windows
         windows = context_windows(n, cfg.context_frames, cfg.context_overlap, cfg.context_stride, cfg.windows)
         rows = 2 if do_cfg else 1
-        pose_cache: dict[tuple, list] = {}
         # the PoseGuider's features of every window are kept across steps while they fit the budget
         # (about 62 MB a window at 512x512 fp16); beyond it they are recomputed each step
-        pg = m.pose_guider
-        per_window = _pose_feature_bytes(pg, cfg.context_frames, height, width)
+        per_window = _pose_feature_bytes(m.pose_guider, cfg.context_frames, height, width)
         cache_ok = cfg.pose_cache and len(windows) * per_window <= POSE_CACHE_BYTES
+        step = WindowStep(m.denoiser, m.pose_guider, pose, ehs, bank, rows=rows, pose_cache=cfg.pose_cache,
+                          keep_features=cache_ok, sequential_cfg=cfg.sequential_cfg, ref_pose=ref_pose_t,
+                          window_batch=cfg.window_batch)
         extra = step_kwargs(scheduler, cfg.eta, None)
-        pg_calls = 0
         guided_all, after_all, calls_all = [], [], []
-
-        def pose_features(window):
-            nonlocal pg_calls
-            if cfg.pose_cache:
-                key = tuple(window)
-                if key in pose_cache:
-                    return pose_cache[key]
-                fea = m.pose_guider(pose(window), None)  # one copy; broadcast later
-                pg_calls += 1
-                if cache_ok:
-                    pose_cache[key] = fea
-                return fea
-            pg_calls += 1
-            return m.pose_guider(pose(window).repeat(rows, 1, 1, 1, 1), ref_pose_t)
 
         # 7.-9. denoising loop
         for si, t in enumerate(timesteps):
-            noise_pred = torch.zeros((rows, *latents.shape[1:]), device=device, dtype=dtype)
-            counter = torch.zeros((1, 1, n, 1, 1), device=device, dtype=dtype)
-            for wi, window in enumerate(windows):
-                x = latents[:, :, window].repeat(rows, 1, 1, 1, 1)
-                x = scheduler.scale_model_input(x, t)
-                fea = pose_features(window)
-                if do_cfg and cfg.sequential_cfg:
-                    pred = torch.cat([
-                        m.denoiser(x[:1], t, ehs[:1], [f[:1] for f in fea], None, False),
-                        m.denoiser(x[1:], t, ehs[1:], [f[-1:] for f in fea], bank, False),
-                    ])
-                else:
-                    pred = m.denoiser(x, t, ehs, fea, bank, do_cfg)
-                noise_pred[:, :, window] = noise_pred[:, :, window] + pred
-                counter[:, :, window] = counter[:, :, window] + 1
+            def on_window(wi, window, pred, si=si, t=t):
                 if trace:
                     calls_all.append(pred.clone())
                 if progress is not None:
                     progress(SamplerProgress("denoise", si + 1, len(timesteps), wi + 1, len(windows), int(t)))
-            if do_cfg:
-                uncond, cond = (noise_pred / counter).chunk(2)
-                guided = uncond + guidance * (cond - uncond)
-            elif cfg.nocfg_overlap == "sum":
-                guided = noise_pred
-            else:
-                guided = noise_pred / counter
+
+            noise_pred, counter = step.sums(scheduler.scale_model_input(latents, t), t, windows, on_window)
+            guided = guide(noise_pred, counter, guidance, do_cfg, cfg.nocfg_overlap)
             latents = scheduler.step(guided, t, latents, **extra).prev_sample
             if trace:
                 guided_all.append(guided.clone())
                 after_all.append(latents.clone())
+        pg_calls = step.pose_guider_calls
+        del step
 
         if trace:
             rec.update(step_timesteps=timesteps.clone(), step_guided_model_output=torch.stack(guided_all),

@@ -475,6 +475,30 @@ class ReferenceReadProcessor:
         return torch.cat([_self_attention(attn, hidden_states[:nu]), out])
 
 
+class OneTokenCrossAttention:
+    """`attn2` processor of the spatial transformer blocks. AniPortrait's encoder states are one token
+    per frame (the CLIP image embedding, or zeros for the uncond rows): a softmax over a single key
+    is exactly 1, so every query's output is that token's value, `to_out(to_v(token))`, whatever the
+    query. Computing it once per row instead of per pixel drops the query projection, the attention
+    and the per-pixel output projection (exact; the value is the same one the attention would copy).
+    Any other call (several tokens, a mask) takes diffusers' SDPA processor."""
+
+    def __init__(self):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.fallback = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        plain = attn.norm_cross is None and attn.group_norm is None and attn.spatial_norm is None \
+            and not attn.residual_connection and attn.rescale_output_factor == 1.0
+        if encoder_hidden_states is None or encoder_hidden_states.shape[1] != 1 or attention_mask is not None \
+                or hidden_states.dim() != 3 or not plain:
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        value = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))  # (b, 1, C)
+        return value.to(hidden_states.dtype).expand(-1, hidden_states.shape[1], -1)
+
+
 # --------------------------------------------------------------------------------------------
 # denoiser
 
@@ -486,7 +510,8 @@ class Denoiser(nn.Module):
     - latents (b, 4, f, h, w); with `do_cfg` the batch is `[uncond…, cond…]` (b even);
     - timestep: int/float, a 0-d tensor or a (b,) tensor;
     - encoder_hidden_states (b, S, D) (AniPortrait: (b, 1, D), zeros for uncond), repeated per frame;
-    - pose_features: the PoseGuider's 5 tensors (b or 1, c_k, f, h_k, w_k) (batch 1 is broadcast);
+    - pose_features: the PoseGuider's 5 tensors (b, c_k, f, h_k, w_k); batch 1 is broadcast, and with
+      `do_cfg` a batch of b/2 is used by both halves (element i by rows i and b/2 + i);
     - bank: a `ReferenceBank` or None (no reference); only the cond rows read it;
     returns the v-prediction (b, 4, f, h, w) in the model dtype."""
 
@@ -499,6 +524,10 @@ class Denoiser(nn.Module):
         self._attn1 = {path: modules[path + ".attn1"] for path in self.block_paths}  # plain dict: no re-registration
         for path, attn in self._attn1.items():
             attn.set_processor(ReferenceReadProcessor(path, self._read))
+        for path in self.block_paths:
+            attn2 = modules[path + ".attn2"] if path + ".attn2" in modules else None
+            if attn2 is not None and attn2.is_cross_attention:
+                attn2.set_processor(OneTokenCrossAttention())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -525,11 +554,15 @@ class Denoiser(nn.Module):
             if absent:
                 raise ValueError(f"reference bank has no tensor for {absent[0]}")
 
-        def frames(p: torch.Tensor) -> torch.Tensor:  # (b|1, c, f, h, w) -> (b f, c, h, w), b-major
+        rows = 2 if do_cfg else 1
+
+        def frames(p: torch.Tensor) -> torch.Tensor:  # (b|b/rows|1, c, f, h, w) -> (b f, c, h, w), b-major
             p = p.to(device=device, dtype=dtype)
             bp, cp, fp, hp, wp = p.shape
-            if bp not in (1, b) or fp != f:
+            if bp not in (1, b, b // rows) or fp != f:
                 raise ValueError(f"pose feature of shape {tuple(p.shape)} for latents of shape {tuple(latents.shape)}")
+            if bp not in (1, b):  # one copy per batch element, shared by the uncond and cond rows
+                p = p[None].expand(rows, *p.shape).reshape(b, cp, fp, hp, wp)
             return p.expand(b, cp, f, hp, wp).transpose(1, 2).reshape(b * f, cp, hp, wp)
 
         # time: sinusoid in float32 (diffusers' Timesteps), cast, broadcast over frames

@@ -1,7 +1,8 @@
 """The `a2p` application: registers the commands and holds the one error boundary.
 
 Exit codes (stable; README "Exit codes"): 0 ok, 1 failed, 2 bad usage or input,
-3 environment cannot run the job, 4 model missing or corrupt, 5 not available yet, 130 interrupted.
+3 environment cannot run the job, 4 model missing or corrupt, 5 not available yet, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -17,7 +19,7 @@ import typer
 from a2pcli import __version__
 from a2pcli.cli.display import JsonSink, make_sink
 from a2pcli.cli.options import ProgressMode
-from a2pcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, A2PError
+from a2pcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, A2PError
 
 DEBUG_ENV = "A2P_DEBUG"
 
@@ -48,11 +50,12 @@ def _root(
 
 
 @contextlib.contextmanager
-def session(command: str, progress: ProgressMode, quiet: bool, describe=None) -> Iterator:
+def session(command: str, progress: ProgressMode, quiet: bool, describe=None, tag: dict | None = None) -> Iterator:
     """Progress display for one command run: yields the sink to hand to the library's Reporter. `describe`
-    turns an item's result (its --json object) into the line printed when it finishes."""
+    turns an item's result (its --json object) into the line printed when it finishes; `tag` ({"rank": r})
+    marks the lines and events of one of several processes."""
     global _active_sink
-    sink = make_sink(command, progress, quiet, describe)
+    sink = make_sink(command, progress, quiet, describe, tag)
     _active_sink = sink
     sink.start()
     try:
@@ -120,22 +123,77 @@ def _report_error(message: str, code: int) -> None:
     report_failure(sink, message, code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: a KeyboardInterrupt, so every clean-up path of Ctrl-C runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during clean-up ends the process
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `kill`, `timeout`) is handled like Ctrl-C while a command runs,
+    unless it is ignored; the previous handler is back afterwards (`main` called in-process)."""
+    installed = False
+    with contextlib.suppress(ValueError, OSError):  # not the main thread, or no such signal
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _invoke(argv: list[str] | None):
+    """Run the command like `app(...)` but with every exception reaching `main`: typer's own main
+    turns Ctrl-C into a silent exit 130 and usage errors into click's four-line form."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else list(argv)
+    with command.make_context("a2p", args) as ctx:
+        return command.invoke(ctx)
+
+
+def _usage_error(exc) -> str:
+    """click's usage error as the one-line `error:` form: what is wrong, then where the help is."""
+    import click
+
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        return f"{message}. See `{ctx.command_path} --help`"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `a2p` script and `python -m a2pcli`: maps every failure to one line."""
     import click
 
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        rv = app(args=argv, standalone_mode=False, prog_name="a2p")
+        with _sigterm_as_interrupt():
+            rv = _invoke(argv)
         code = rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:  # bad usage: click's own message, exit 2
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `a2p` or `a2p models`: the help
         exc.show()
         code = EXIT_BAD_INPUT
-    except click.exceptions.Abort:
+    except click.ClickException as exc:  # bad usage: one line, exit 2
+        _report_error(_usage_error(exc), EXIT_BAD_INPUT)
+        code = EXIT_BAD_INPUT
+    except click.exceptions.Abort:  # end of input at a prompt
         _report_error("interrupted", EXIT_INTERRUPTED)
         code = EXIT_INTERRUPTED
+    except Terminated:
+        _report_error("terminated (SIGTERM); no partial output was kept", EXIT_TERMINATED)
+        code = EXIT_TERMINATED
     except KeyboardInterrupt:
         _report_error("interrupted; no partial output was kept", EXIT_INTERRUPTED)
         code = EXIT_INTERRUPTED

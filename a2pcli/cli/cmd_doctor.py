@@ -47,7 +47,11 @@ def _spinner(json_out: bool):
 def doctor(json_out: JsonOut = False, output_dir: OutputDir = None) -> None:
     """Check Python, torch and the GPU, cuDNN, RAM, disk, ffmpeg, mediapipe, OpenCV and the models."""
     from a2pcli import doctor as lib
+    from a2pcli.errors import InputError
 
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        raise InputError("is a file, expected the folder outputs will be written to", subject=str(output_dir),
+                         remedy="give a folder (it need not exist yet)")
     with contextlib.redirect_stdout(sys.stderr), _spinner(json_out):  # stray prints stay off stdout
         checks = lib.run_checks(output_dir)
     summary = lib.summarize(checks)

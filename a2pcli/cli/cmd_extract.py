@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from a2pcli import limits
 from a2pcli.cli.app import finish_run, session
-from a2pcli.cli.options import JsonOut, OutputPath, Overwrite, Progress, ProgressMode, Quiet
+from a2pcli.cli.options import JsonOut, OutputPath, Overwrite, Progress, ProgressMode, Quiet, span
 from a2pcli.extract import ExtractOptions
 from a2pcli.pipeline.options import ExtractJob, OutputOptions
 
@@ -33,14 +34,14 @@ def extract_job(*, smooth, start, end, fps, max_gap, overwrite, **_) -> ExtractJ
 def extract_pose(
     inputs: Annotated[list[Path], typer.Argument(help="Videos (any container ffmpeg reads) or images.")],
     output: OutputPath = None,
-    smooth: Annotated[float, typer.Option(help="Temporal smoothing: Gaussian sigma in frames (0: off).")] = \
-        ExtractOptions.smooth,
+    smooth: Annotated[float, typer.Option(help=f"Temporal smoothing: Gaussian sigma in frames, {span(limits.SMOOTH)} "
+                                          "(0: off).")] = ExtractOptions.smooth,
     start: Annotated[Optional[float], typer.Option(help="Start time in seconds.")] = ExtractOptions.start,
-    end: Annotated[Optional[float], typer.Option(help="End time in seconds.")] = ExtractOptions.end,
-    fps: Annotated[Optional[float], typer.Option(help="Resample to this frame rate (default: the video's).")] = \
-        ExtractOptions.fps,
-    max_gap: Annotated[float, typer.Option(help="Interpolate face-less gaps up to this many seconds.")] = \
-        ExtractOptions.max_gap_s,
+    end: Annotated[Optional[float], typer.Option(help="End time in seconds, after --start.")] = ExtractOptions.end,
+    fps: Annotated[Optional[float], typer.Option(help=f"Resample to this frame rate, {span(limits.FPS)} (default: the "
+                                                 "video's).")] = ExtractOptions.fps,
+    max_gap: Annotated[float, typer.Option(help="Interpolate face-less gaps up to this many seconds, "
+                                           f"{span(limits.MAX_GAP_S)}.")] = ExtractOptions.max_gap_s,
     overwrite: Overwrite = OutputOptions.overwrite,
     progress: Progress = ProgressMode.auto,
     quiet: Quiet = False,

@@ -34,6 +34,7 @@ def _model_row(entry: registry.ModelEntry) -> dict:
         "description": entry.description,
         "size_bytes": entry.size,
         "size_mb": round(entry.size / MB, 2),
+        "size_is_download_estimate": entry.size_estimated,
         "licence": entry.licence,
         "status": status,
         "folder": str(entry.folder()),
@@ -47,13 +48,13 @@ def _print_table(rows: list[dict]) -> None:
     table = Table()
     table.add_column("name", no_wrap=True)
     table.add_column("kind", no_wrap=True)
-    table.add_column("MB", justify="right", no_wrap=True)
+    table.add_column("MB", justify="right", no_wrap=True)  # "~": what `models pull` would download
     table.add_column("licence", ratio=1)
     table.add_column("status", no_wrap=True)
     table.add_column("where", overflow="fold", ratio=1)
     for r in rows:
         status = f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]"
-        table.add_row(r["name"], r["kind"], f"{r['size_mb']:.2f}", r["licence"], status, r["folder"])
+        table.add_row(r["name"], r["kind"], ("~" if r["size_is_download_estimate"] else "") + f"{r['size_mb']:.2f}", r["licence"], status, r["folder"])
     console = Console()
     console.print(table)
     console.print(f"cache: {cache.cache_dir()}", highlight=False, soft_wrap=True)
@@ -64,6 +65,7 @@ def list_models(json_out: JsonOut = False) -> None:
 
     Embedded models ship inside a2p; fetched ones live in the cache (shown below the table, set by A2P_CACHE_DIR).
     Status: present, missing (not pulled yet) or hash mismatch; `a2p models verify` re-hashes everything.
+    A size marked ~ is what `a2p models pull` would download (the files are not there yet).
     """
     rows = [_model_row(e) for e in registry.load_registry().values()]
     if json_out:

@@ -13,10 +13,9 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from a2pcli import __version__
+from a2pcli import __version__, limits
 from a2pcli.aniportrait.render import DiffusionOptions
-from a2pcli.cli.options import Device, JsonOut, Model, OutputPath, Overwrite, Progress, ProgressMode, Quiet, Seed
-from a2pcli.encode import MAX_CRF
+from a2pcli.cli.options import Device, JsonOut, Model, OutputPath, Overwrite, Progress, ProgressMode, Quiet, Seed, span
 from a2pcli.errors import InputError, NotAvailableError
 from a2pcli.pipeline.options import (
     DriveJob,
@@ -46,24 +45,29 @@ def not_available(command: str, work: str) -> NotAvailableError:
     )
 
 
-# Options shared by the render commands (the ones shared by every command are in options.py).
+# Options shared by the render commands (the ones shared by every command are in options.py). Their values are
+# checked when the job is made (pipeline.options.check_values), so a manifest line and the API get the same checks.
 PoseScale = Annotated[
-    float, typer.Option("--pose-scale", min=0.0, help="Scale of head motion: 0 keeps the head still, 1 as driven.")
+    float, typer.Option("--pose-scale", help="Scale of head motion: 0 keeps the head still, 1 as driven, "
+                        f"{span(limits.MOTION_SCALE)}.")
 ]
 ExpressionScale = Annotated[
-    float, typer.Option("--expression-scale", min=0.0, help="Scale of expression and lip motion; 1 as driven.")
+    float, typer.Option("--expression-scale", help="Scale of expression and lip motion; 1 as driven, "
+                        f"{span(limits.MOTION_SCALE)}.")
 ]
 Crop = Annotated[
     bool, typer.Option("--crop", help="Render a square crop around the face instead of the whole portrait.")
 ]
-Size = Annotated[int, typer.Option("--size", min=64, help="Side of the square output with --crop, px (and the "
-                                   "longer side of the aniportrait renderer's output).")]
+Size = Annotated[int, typer.Option("--size", help=f"Side of the square output with --crop, px, {span(limits.SIDE)} "
+                                   "(and the longer side of the aniportrait renderer's output, with or without "
+                                   "--crop).")]
 MaxSize = Annotated[
-    int, typer.Option("--max-size", min=64, help="Without --crop: longest side of the output; larger portraits shrink.")
+    int, typer.Option("--max-size", help="Without --crop: longest side of the output, px; larger portraits shrink "
+                      f"({span(limits.SIDE)}).")
 ]
-Fps = Annotated[float, typer.Option("--fps", min=1.0, help="Frame rate of the output video.")]
+Fps = Annotated[float, typer.Option("--fps", help=f"Frame rate of the output video, {span(limits.FPS)}.")]
 Crf = Annotated[
-    int, typer.Option("--crf", min=0, max=MAX_CRF, help="x264 quality: 0 lossless .. 51 worst; 18 looks lossless.")
+    int, typer.Option("--crf", help="x264 quality: 0 lossless .. 51 worst; 18 looks lossless.")
 ]
 FramesDir = Annotated[
     Optional[Path], typer.Option("--frames-dir", help="Also write every frame as a PNG into this folder (a folder per "
@@ -82,9 +86,12 @@ RendererOpt = Annotated[
         "(its weights via `a2p models`, a GPU recommended).",
     ),
 ]
-Steps = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps of the aniportrait renderer.")]
+Steps = Annotated[
+    int, typer.Option("--steps", help=f"Denoising steps of the aniportrait renderer, {span(limits.STEPS)}.")
+]
 Cfg = Annotated[
-    float, typer.Option("--cfg", min=0.0, help="Classifier-free guidance scale of the aniportrait renderer.")
+    float, typer.Option("--cfg", help="Classifier-free guidance scale of the aniportrait renderer, "
+                        f"{span(limits.CFG)}.")
 ]
 LowVram = Annotated[
     bool, typer.Option("--low-vram", help="aniportrait renderer: at most 8 GB of GPU memory at 512x512 (slower: the "
@@ -105,22 +112,25 @@ Clean = Annotated[
                        "windows averaged without guidance too (default: AniPortrait's own numbers).")
 ]
 Acc = Annotated[
-    int, typer.Option("--acc", min=1, help="aniportrait renderer: diffuse every N-th frame only and fill the frames "
-                      "between by optical-flow interpolation (about N times faster; 1: every frame).")
+    int, typer.Option("--acc", help="aniportrait renderer: diffuse every N-th frame only and fill the frames "
+                      "between by optical-flow interpolation (about N times faster; 1: every frame; "
+                      f"{span(limits.ACC)}).")
 ]
 CompileOpt = Annotated[
     bool, typer.Option("--compile", help="aniportrait renderer on a GPU: torch.compile the denoiser (the first "
-                       "render in a new environment spends a minute or two compiling; faster after that).")
+                       "render on a machine spends a minute or two compiling and keeps the kernels in the a2p "
+                       "cache; `a2p doctor` says whether it is warm).")
 ]
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="aniportrait renderer: auto (fp16 on a GPU, fp32 on the CPU), fp16, bf16 or fp32.")
 ]
 BatchSize = Annotated[
-    str, typer.Option("--batch-size", help="Frames rendered at once: a number, or auto (as many as fit in memory).")
+    str, typer.Option("--batch-size", help=f"Frames rendered at once: {span(limits.BATCH_SIZE)}, or auto (as many as "
+                      "fit in memory).")
 ]
 FaceIndex = Annotated[
     Optional[int],
-    typer.Option("--face-index", min=0, help="Which face to animate when the portrait shows several, largest first "
+    typer.Option("--face-index", help="Which face to animate when the portrait shows several, largest first "
                  "(default: the largest, with a warning)."),
 ]
 RegionOpt = Annotated[
@@ -129,7 +139,8 @@ RegionOpt = Annotated[
 ]
 RefFrame = Annotated[
     int,
-    typer.Option("--ref-frame", min=0, help="Driving frame that matches the portrait; motion is taken relative to it."),
+    typer.Option("--ref-frame", help="Driving frame that matches the portrait (from 0); motion is taken relative to "
+                 "it."),
 ]
 Portrait = Annotated[Path, typer.Argument(help="Portrait image (one face, roughly frontal).", show_default=False)]
 
@@ -234,7 +245,7 @@ def audio2video(
     pose_scale: PoseScale = TalkOptions.pose_scale,
     expression_scale: ExpressionScale = TalkOptions.expression_scale,
     blink_rate: Annotated[
-        float, typer.Option("--blink-rate", min=0.0, help="Blinks per minute.")
+        float, typer.Option("--blink-rate", help=f"Blinks per minute, {span(limits.BLINK_RATE)} (0: none).")
     ] = TalkOptions.blink_rate,
     seed: Seed = TalkJob.seed,
     model: Model = TalkJob.model,
@@ -274,19 +285,42 @@ def audio2video(
 
     PORTRAITS: one or more images (one face each); AUDIO: one or more speech files (wav, mp3, flac, m4a...).
     Every portrait speaks every audio file, one video each, in one process (models loaded once). The
-    --model default is the shipped audio2motion model.
+    --model default is the shipped audio2motion model. Under torchrun (torchrun --nproc-per-node N -m a2pcli
+    audio2video ... -o outdir/) the pairs are shared out over the processes, one GPU each, as `a2p batch`
+    shares a manifest: pairs already made (video and sidecar) are skipped.
 
     Example: a2p audio2video face.jpg speech.wav -o talk.mp4
     """
     from a2pcli.cli.app import finish_run, session
+    from a2pcli.launch import launch_from_env
     from a2pcli.pipeline.talking import audio2video_pairs
     from a2pcli.progress import Reporter
 
+    if launch_from_env().distributed:
+        _audio2video_shared(inputs, output, progress, quiet, json_out)
+        return
     portraits, audios = split_talk_inputs(inputs)
     job = talk_job(**params())
     with session("audio2video", progress, quiet, describe_video) as sink:
         run = audio2video_pairs(portraits, audios, output, job, reporter=Reporter(sink))
     finish_run(sink, run, json_out)
+
+
+def _audio2video_shared(inputs: list[Path], output: Path | None, progress: ProgressMode, quiet: bool,
+                        json_out: bool) -> None:
+    """audio2video under torchrun: its pairs shared out over the processes as `a2p batch` shares a manifest's
+    jobs (each output with its sidecar, pairs already made skipped; records as `a2p batch` prints them)."""
+    from a2pcli.cli.cmd_batch import rank_errors, run_jobs
+    from a2pcli.launch import launch_from_env
+    from a2pcli.pipeline.manifest import talk_jobs
+    from a2pcli.pipeline.shards import Shard
+
+    launch = launch_from_env()
+    with rank_errors(launch):
+        portraits, audios = split_talk_inputs(inputs)
+        job = talk_job(**params())
+        entries = talk_jobs(portraits, audios, output, job)
+    run_jobs("audio2video", entries, None, Shard(launch), job.output.overwrite, progress, quiet, json_out)
 
 
 def vid2vid(
@@ -349,7 +383,8 @@ def pose2vid(
         Optional[Path], typer.Option("--audio", help="Speech to put in the video (it does not drive the motion).")
     ] = None,
     fps: Annotated[
-        Optional[float], typer.Option("--fps", min=1.0, help="Output frame rate (default: the motion file's).")
+        Optional[float], typer.Option("--fps", help=f"Output frame rate, {span(limits.FPS)} (default: the motion "
+                                      "file's).")
     ] = DriveJob.fps,
     region: RegionOpt = DrivenRegion(RetargetOptions.region),
     ref_frame: RefFrame = RetargetOptions.ref_frame,

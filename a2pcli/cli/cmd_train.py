@@ -41,9 +41,9 @@ PresetOpt = Annotated[
     typer.Option("--preset", help="tiny: the whole loop in seconds on a CPU, to check the set-up; "
                  "default: the real model."),
 ]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Passes over the data (default: the preset's).")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Passes over the data (default: the preset's).")]
 TrainBatch = Annotated[
-    Optional[int], typer.Option("--batch-size", min=1, help="Clips per step (default: the preset's).")
+    Optional[int], typer.Option("--batch-size", help="Clips per step (default: the preset's).")
 ]
 LearningRate = Annotated[
     Optional[float], typer.Option("--lr", help="Peak learning rate, above 0 and at most 1 (default: the preset's).")

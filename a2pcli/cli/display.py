@@ -2,6 +2,9 @@
 
 A run of several items (progress.Reporter.item) shows each as `[k/n] name`, its stages from zero (elapsed
 time and ETA per item), and the item's result line (or its error) as soon as it finishes.
+
+One of several processes writing to the same terminal (torchrun's) gets a `tag`, {"rank": r}: its JSON events
+carry it, its lines start with `rank r: `, and only rank 0 draws bars, when asked to (`--progress rich`).
 """
 
 from __future__ import annotations
@@ -27,18 +30,26 @@ def _item_header(ev: dict) -> str:
     return f"[{ev['index']}/{ev['of']}] {inputs} -> {ev['item']}"
 
 
+def _prefix(tag: dict | None) -> str:
+    return f"rank {tag['rank']}: " if tag else ""
+
+
 class JsonSink:
     """Rhubarb-style machine-readable progress: start / progress (0..1) / warning / info / item / item_done /
-    item_error / done / error, each event carrying the item it belongs to ("item")."""
+    item_error / done / error, each event carrying the item it belongs to ("item") and the `tag` (the rank)."""
 
-    def __init__(self, command: str):
+    def __init__(self, command: str, tag: dict | None = None):
         self.command = command
+        self.tag = dict(tag or {})
         self._last = 0.0
         self.t0 = time.monotonic()
         self._stage_t0 = self.t0
 
+    def _emit(self, obj: dict) -> None:
+        _emit_json({**obj, **self.tag})
+
     def start(self) -> None:
-        _emit_json({"event": "start", "command": self.command})
+        self._emit({"event": "start", "command": self.command})
 
     def _with_item(self, ev: dict, out: dict) -> dict:
         if "item" in ev:
@@ -49,7 +60,7 @@ class JsonSink:
         kind = ev["event"]
         if kind == "stage":
             self._last = self._stage_t0 = time.monotonic()
-            _emit_json(self._with_item(ev, {"event": "progress", "stage": ev["stage"], "value": 0.0, "done": 0,
+            self._emit(self._with_item(ev, {"event": "progress", "stage": ev["stage"], "value": 0.0, "done": 0,
                                             "total": ev["total"]}))
         elif kind == "progress":
             now = time.monotonic()
@@ -62,22 +73,22 @@ class JsonSink:
             out = {"event": "progress", "stage": ev["stage"], "value": value, "done": ev["done"], "total": total}
             if total and ev["done"] > 0:  # linear extrapolation of the stage so far
                 out["eta_s"] = round((now - self._stage_t0) / ev["done"] * max(0, total - ev["done"]), 1)
-            _emit_json(self._with_item(ev, out))
+            self._emit(self._with_item(ev, out))
         else:
-            _emit_json(ev if kind.startswith("item") else self._with_item(ev, {"event": kind,
+            self._emit(ev if kind.startswith("item") else self._with_item(ev, {"event": kind,
                                                                               "message": ev.get("message", "")}))
 
     def done(self, summary: dict) -> None:
-        _emit_json({"event": "done", "command": self.command, "elapsed_s": round(time.monotonic() - self.t0, 3),
+        self._emit({"event": "done", "command": self.command, "elapsed_s": round(time.monotonic() - self.t0, 3),
                     "summary": summary})
 
     def failed(self, summary: dict, message: str, exit_code: int) -> None:
         """The run ended with failed items: the error event names the first, the summary lists every item."""
-        _emit_json({"event": "error", "command": self.command, "message": message, "exit_code": exit_code,
+        self._emit({"event": "error", "command": self.command, "message": message, "exit_code": exit_code,
                     "elapsed_s": round(time.monotonic() - self.t0, 3), "summary": summary})
 
     def error(self, message: str, exit_code: int) -> None:
-        _emit_json({"event": "error", "command": self.command, "message": message, "exit_code": exit_code})
+        self._emit({"event": "error", "command": self.command, "message": message, "exit_code": exit_code})
 
     def close(self) -> None:
         pass
@@ -120,7 +131,7 @@ class _Lines:
 class RichSink:
     """One bar per stage of the current item, with counts, elapsed time and ETA; lines printed above the bars."""
 
-    def __init__(self, command: str, describe: Describe | None = None):
+    def __init__(self, command: str, describe: Describe | None = None, tag: dict | None = None):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.progress import TimeRemainingColumn
@@ -138,13 +149,14 @@ class RichSink:
         )
         self.tasks: dict[str, int] = {}
         self.command = command
+        self.prefix = _prefix(tag)
         self.lines = _Lines(self._print, False, describe)
 
     def _print(self, text: str) -> None:
-        self.progress.console.print(text, highlight=False, markup=False)
+        self.progress.console.print(self.prefix + text, highlight=False, markup=False)
 
     def _warn(self, text: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {text}", highlight=False)
+        self.progress.console.print(f"{self.prefix}[yellow]warning:[/] {text}", highlight=False)
 
     def start(self) -> None:
         self.progress.start()
@@ -196,9 +208,10 @@ class RichSink:
 class PlainSink:
     """No bars (not a terminal, or --progress none): lines still go to stderr (errors even with --quiet)."""
 
-    def __init__(self, command: str, quiet: bool, describe: Describe | None = None):
+    def __init__(self, command: str, quiet: bool, describe: Describe | None = None, tag: dict | None = None):
         self.quiet = quiet
-        self.lines = _Lines(lambda text: sys.stderr.write(text + "\n"), quiet, describe)
+        prefix = _prefix(tag)
+        self.lines = _Lines(lambda text: sys.stderr.write(prefix + text + "\n"), quiet, describe)
 
     def start(self) -> None:
         pass
@@ -231,11 +244,15 @@ class PlainSink:
         pass
 
 
-def make_sink(command: str, mode: ProgressMode, quiet: bool, describe: Describe | None = None):
+def make_sink(command: str, mode: ProgressMode, quiet: bool, describe: Describe | None = None,
+              tag: dict | None = None):
+    """The display for `mode`. With a `tag` (one of several processes) `auto` draws no bars, and `rich` draws them
+    for rank 0 alone: bars of several processes cannot share a terminal."""
     if mode == ProgressMode.json:
-        return JsonSink(command)
+        return JsonSink(command, tag)
     if quiet or mode == ProgressMode.none:
-        return PlainSink(command, quiet, describe)
-    if mode == ProgressMode.rich or (mode == ProgressMode.auto and sys.stderr.isatty()):
-        return RichSink(command, describe)
-    return PlainSink(command, quiet, describe)
+        return PlainSink(command, quiet, describe, tag)
+    bars = mode == ProgressMode.rich or (mode == ProgressMode.auto and sys.stderr.isatty())
+    if bars and (not tag or (mode == ProgressMode.rich and tag.get("rank") == 0)):
+        return RichSink(command, describe, tag)
+    return PlainSink(command, quiet, describe, tag)

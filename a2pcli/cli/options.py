@@ -8,6 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from a2pcli import limits
+
+
+def span(r: limits.Range) -> str:
+    """A number's accepted range as help text: "1 to 120"."""
+    return f"{limits.shown(r.low)} to {limits.shown(r.high)}"
+
 
 class ProgressMode(str, Enum):
     auto = "auto"  # rich bars on a TTY, nothing otherwise
@@ -31,7 +38,8 @@ OutputPath = Annotated[
     Optional[Path],
     typer.Option("--output", "-o", help="Output file, or a directory (it must exist) for several inputs."),
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice (head motion, blinks, noise).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice (head motion, blinks, noise), "
+                                  f"{span(limits.SEED)}.")]
 Model = Annotated[
     Optional[str], typer.Option("--model", help="A registry name (see `a2p models list`) or a local path.")
 ]

@@ -6,6 +6,7 @@
 Modules: `options` (one frozen options object per job), `portrait` (the portrait loader), `renderers` (the
 Renderer protocol and the embedded and diffusion renderers), `models` (loaded models, held by one object),
 `talking` (audio2video), `reenact` (vid2vid, pose2vid), `poses` (extract-pose), `manifest` (a2p batch),
+`shards` (a batch shared out over torchrun's processes or a scheduler's array tasks),
 `plan` (where outputs go and whether they may be written), `sidecar` (--meta), `items` (runs of several items),
 `results` (what the calls return), `write` (atomic outputs with their sidecar).
 """

@@ -9,12 +9,12 @@ The CLI (`a2p batch`) turns each line into a `BatchJob` (its options by their lo
 commands read them); `run_batch` runs them in manifest order. Every output is written atomically with its
 sidecar (`<output>.json`), and a job whose output exists beside a sidecar that records the same command,
 inputs and options is skipped: a killed batch continues where it stopped. A bad line or a failed job is
-reported and the batch goes on; `write_results` writes one JSON line per job (inputs, output, status, error,
-timings), in manifest order.
+reported and the batch goes on; `write_rows` writes the results file, one JSON line per job (inputs, output,
+status, error, timings), in manifest order.
 
 Several processes can share a manifest: `jobs_for_rank` says which jobs are one process's (a pure function of
-the job count, the process's rank and the number of processes), each process writes its own results part
-(`results_part`), and `assemble_results` joins the parts in manifest order once all have finished.
+the job count, the process's rank and the number of processes); a2pcli.pipeline.shards runs a process's share
+under torchrun or a job scheduler's array and joins the processes' records into the results file.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class JobRecord:
     exit_code: int = 0
     elapsed_s: float = 0.0
     timings_s: dict = field(default_factory=dict)
+    rank: int | None = None  # the process that ran it, 0 .. processes - 1 (None: none has yet)
 
     @property
     def message(self) -> str | None:
@@ -85,7 +86,7 @@ class JobRecord:
         return {"line": self.line, "command": self.command, "inputs": input_names(self.inputs),
                 "output": None if self.output is None else str(self.output), "status": self.status,
                 "error": self.error, "exit_code": self.exit_code, "elapsed_s": self.elapsed_s,
-                "timings_s": self.timings_s}
+                "timings_s": self.timings_s, "rank": self.rank}
 
 
 def read_manifest(path: Path) -> list[tuple[int, dict | A2PError]]:
@@ -213,7 +214,7 @@ def run_batch(entries: list[BatchJob | BadLine], *, overwrite: bool = False, ran
     def make(item: Item) -> JobRecord:
         entry = by_line[item.key]
         if entry.line in skip:
-            done[entry.line] = JobRecord(entry.line, entry.command, entry.inputs, entry.output, SKIPPED)
+            done[entry.line] = JobRecord(entry.line, entry.command, entry.inputs, entry.output, SKIPPED, rank=rank)
             return done[entry.line]
         if entry.line in stale:
             entry = _for_batch(entry, overwrite=True)
@@ -221,35 +222,44 @@ def run_batch(entries: list[BatchJob | BadLine], *, overwrite: bool = False, ran
         result = _run_job(entry, reporter, models)
         timings = getattr(result, "timings_s", {})
         done[entry.line] = JobRecord(entry.line, entry.command, entry.inputs, entry.output, DONE,
-                                     elapsed_s=round(time.perf_counter() - t0, 3), timings_s=timings)
+                                     elapsed_s=round(time.perf_counter() - t0, 3), timings_s=timings, rank=rank)
         return done[entry.line]
 
     run = run_items(items, make, reporter, check)
     for failure in run.failed:
         entry = by_line[failure.key]
         done[entry.line] = JobRecord(entry.line, entry.command, entry.inputs, failure.output, FAILED,
-                                     failure.error.one_line(), failure.exit_code)
+                                     failure.error.one_line(), failure.exit_code, rank=rank)
     ordered = [done[e.line] for e in mine]
     return ordered, RunResult([r for r in ordered if r.status != FAILED], [r for r in ordered if r.status == FAILED])
 
 
-def results_part(results: Path, rank: int, world: int) -> Path:
-    """Where process `rank` of `world` writes its results (the results file itself with one process)."""
-    return Path(results) if world == 1 else Path(results).with_name(f"{Path(results).name}.rank{rank}-of-{world}")
-
-
-def write_results(path: Path, records: list[JobRecord]) -> None:
-    """One JSON line per job, in manifest order, written atomically."""
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Results lines (JobRecord.to_json() objects), in manifest order, written atomically."""
     with atomic_path(Path(path), overwrite=True) as tmp:
-        tmp.write_text("".join(json.dumps(r.to_json(), default=str) + "\n" for r in sorted(records,
-                                                                                          key=lambda r: r.line)))
+        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in sorted(rows, key=lambda r: r["line"])))
 
 
-def assemble_results(path: Path, world: int) -> None:
-    """Join the results parts of `world` processes into `path`, in manifest order (after all have finished)."""
-    lines = []
-    for rank in range(world):
-        part = results_part(path, rank, world)
-        lines += [json.loads(t) for t in part.read_text().splitlines() if t.strip()]
-    with atomic_path(Path(path), overwrite=True) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in sorted(lines, key=lambda r: r["line"])))
+def read_rows(path: Path) -> list[dict]:
+    """The lines of a results file (or of a part of one); [] when it cannot be read as one."""
+    try:
+        rows = [json.loads(t) for t in Path(path).read_text(encoding="utf-8").splitlines() if t.strip()]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("line"), int) and "status" in r]
+
+
+def talk_jobs(portraits: list[Path], audios: list[Path], output: Path | None, job: TalkJob) -> list[BatchJob]:
+    """audio2video's pairs as batch jobs: every portrait speaks every audio file, each video named and placed as
+    `audio2video` places it (talking.audio2video_pairs), a frames folder per video with --frames-dir."""
+    from a2pcli.pipeline.options import check_talk_job
+    from a2pcli.pipeline.plan import frames_dir_for
+
+    check_talk_job(job)
+    pairs = [(Path(p), Path(a)) for a in audios for p in portraits]
+    outputs = name_videos(pairs, output)
+    several = len(pairs) > 1
+    return [BatchJob(k, "audio2video", {"portrait": p, "audio": a}, out,
+                     replace(job, video=replace(job.video, frames_dir=frames_dir_for(job.video.frames_dir, out,
+                                                                                     several))))
+            for k, ((p, a), out) in enumerate(zip(pairs, outputs), 1)]

@@ -9,8 +9,11 @@ RetargetOptions, DiffusionOptions, ExtractOptions) or in the job itself. The CLI
 defaults from here. A job's `seed` drives every random choice of the run: `resolved(job)` writes it into the
 composed stage options' own `seed` fields (and the portrait's size into the diffusion renderer's `size`).
 
-`check_talk_job`, `check_drive_job` and `check_extract_job` refuse a bad combination before anything loads
-(InputError naming the option, ModelError for a model that does not exist).
+Every number of a job is checked when the job is made (`check_values`, against the ranges of a2pcli.limits): a
+TalkJob, DriveJob or ExtractJob with `fps=100000` or `seed=-1` cannot exist, whether it comes from the command
+line, an `a2p batch` manifest line or the Python API (InputError naming the flag, the rule and the value).
+`check_talk_job`, `check_drive_job` and `check_extract_job` also refuse a bad combination and a missing file
+before anything loads (InputError naming the option, ModelError for a model that does not exist).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
+from a2pcli import limits
 from a2pcli.aniportrait.render import DiffusionOptions
+from a2pcli.encode import MAX_CRF
 from a2pcli.errors import InputError, ModelError
 from a2pcli.extract import ExtractOptions
+from a2pcli.extract import check_options as check_extract_options
 from a2pcli.pipeline.portrait import PortraitOptions
 from a2pcli.retarget import REGIONS, RetargetOptions
 from a2pcli.talk import TalkOptions
@@ -29,6 +35,7 @@ from a2pcli.talk import TalkOptions
 POSE_SUFFIXES = (".pose", ".npy")  # a2p's .pose (from extract-pose) or an AniPortrait head-pose template
 DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")  # auto: fp16 on a GPU, fp32 on the CPU
 DIFFUSION_SIZE_STEP = 8  # the diffusion renderer's sides are multiples of 8 (the VAE's downsampling)
+CRF = limits.Range(0, MAX_CRF, whole=True)  # x264's quality scale
 
 
 class RendererName(str, Enum):
@@ -89,6 +96,9 @@ class TalkJob:
     video: VideoOptions = field(default_factory=VideoOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
 
+    def __post_init__(self):
+        check_values(self)
+
 
 @dataclass(frozen=True)
 class DriveJob:
@@ -104,6 +114,9 @@ class DriveJob:
     video: VideoOptions = field(default_factory=VideoOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
 
+    def __post_init__(self):
+        check_values(self)
+
 
 @dataclass(frozen=True)
 class ExtractJob:
@@ -111,6 +124,9 @@ class ExtractJob:
 
     extract: ExtractOptions = field(default_factory=ExtractOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
+
+    def __post_init__(self):
+        check_values(self)
 
 
 def resolved(job):
@@ -126,17 +142,60 @@ def resolved(job):
 # --- checks, before anything loads --------------------------------------------------------------------
 
 
-def check_batch_size(value: str) -> None:
-    value = str(value)
-    if value != "auto" and not (value.isdigit() and int(value) > 0):
-        raise InputError("must be a positive number or auto", subject=f"--batch-size {value}")
+def check_values(job) -> None:
+    """Every number of `job` (a TalkJob, DriveJob or ExtractJob) in its range (a2pcli.limits), and the framing
+    options that go together: InputError naming the flag, the rule and the value. Runs when a job is made."""
+    if isinstance(job, ExtractJob):
+        check_extract_options(job.extract)
+        return
+    limits.SEED.check("--seed", job.seed)
+    limits.FPS.check("--fps", job.fps, optional=isinstance(job, DriveJob))
+    moves = job.talk if isinstance(job, TalkJob) else job.retarget
+    limits.MOTION_SCALE.check("--pose-scale", moves.pose_scale)
+    limits.MOTION_SCALE.check("--expression-scale", moves.expression_scale)
+    if isinstance(job, TalkJob):
+        limits.BLINK_RATE.check("--blink-rate", job.talk.blink_rate)
+    else:
+        limits.REF_FRAME.check("--ref-frame", job.retarget.ref_frame)
+    check_portrait_options(job.portrait, job.render.renderer)
+    check_render_values(job.render)
+    CRF.check("--crf", job.video.crf)
+
+
+def check_portrait_options(portrait: PortraitOptions, renderer: RendererName) -> None:
+    """--size, --max-size and --face-index. Without --crop the embedded renderer keeps the portrait's own framing
+    (its longest side capped by --max-size), so a --size there would be ignored: it is refused instead."""
+    limits.SIDE.check("--size", portrait.size)
+    limits.SIDE.check("--max-size", portrait.max_size)
+    limits.FACE_INDEX.check("--face-index", portrait.face_index, optional=True)
+    if not portrait.crop and portrait.size != PortraitOptions.size and renderer != RendererName.aniportrait:
+        raise InputError(f"{portrait.size} is the side of the --crop square, but there is no --crop: the video would "
+                         "keep the portrait's framing", subject="--size",
+                         remedy=f"add --crop, or use --max-size {portrait.size} to cap the video's longest side")
+
+
+def check_batch_size(value) -> None:
+    """--batch-size: auto, or a whole number of frames (a number or its digits)."""
+    if value == "auto":
+        return
+    number = int(value) if isinstance(value, str) and value.isdigit() else value
+    if not limits.BATCH_SIZE.accepts(number):
+        raise InputError(f"must be auto or {limits.BATCH_SIZE.describe()}, got {limits.shown(value)}",
+                         subject="--batch-size")
+
+
+def check_render_values(render: RenderOptions) -> None:
+    """The renderer's numbers, the diffusion renderer's too (whichever renderer is chosen)."""
+    check_batch_size(render.batch_size)
+    limits.STEPS.check("--steps", render.diffusion.steps)
+    limits.CFG.check("--cfg", render.diffusion.cfg)
+    limits.ACC.check("--acc", render.diffusion.acc)
 
 
 def check_render(render: RenderOptions, size: int) -> None:
     """The renderer's options: those of the diffusion renderer are refused with the embedded one."""
     from a2pcli.aniportrait.config import SCHEDULERS
 
-    check_batch_size(render.batch_size)
     d = render.diffusion
     if render.renderer != RendererName.aniportrait:
         for flag, used in (("--acc", d.acc != DiffusionOptions.acc), ("--compile", d.compile)):
@@ -206,6 +265,4 @@ def check_drive_job(job: DriveJob) -> None:
 
 
 def check_extract_job(job: ExtractJob) -> None:
-    from a2pcli.extract import check_options
-
-    check_options(job.extract)
+    check_values(job)

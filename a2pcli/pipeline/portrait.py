@@ -18,6 +18,9 @@ from a2pcli.retarget import PortraitFace
 
 CROP_SIDE = 4.2  # face units: side of the face-centred square of --crop
 CROP_RAISE = 0.25  # face units: the crop centre sits this far above the face centre (room for hair)
+MIN_FACE_PX = 10.0  # outer eye corners at least this far apart, in the picture and in the video: a face drawn from
+# fewer pixels is a blur (a 32-pixel face: 7 px; renders of 7, 10 and 14 px compared by eye)
+SMALL_FACE_PX = 20.0  # below this a note says the face shows little detail (real portraits: 45 px and more)
 ARRAY_NAME = "<image array>"  # how an image given as an array is named in messages
 
 
@@ -106,5 +109,24 @@ def load_portrait(source: Path | str | np.ndarray, opts: PortraitOptions = Portr
             image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
             sx, sy = nw / w, nh / h
             lm = (lm * np.array([sx, sy, (sx + sy) / 2], np.float32)).astype(np.float32)
+    face = portrait_face(lm, ref)
+    check_face_size(face.scale, face.scale / k, path, notes, reporter)
     reporter.advance()
-    return Portrait(np.ascontiguousarray(image), portrait_face(lm, ref), path, len(faces), notes)
+    return Portrait(np.ascontiguousarray(image), face, path, len(faces), notes)
+
+
+def check_face_size(in_video: float, in_picture: float, path: Path, notes: list[str], reporter: Reporter) -> None:
+    """The face's size (pixels per face unit: the distance of the outer eye corners) in the video and in the
+    picture it comes from: InputError below MIN_FACE_PX, a note (and a warning) below SMALL_FACE_PX."""
+    size = min(in_video, in_picture)
+    shrunk = in_video < in_picture  # --max-size shrank the picture
+    where = "in the video" if shrunk else "in the picture"
+    if size < MIN_FACE_PX:
+        raise InputError(f"the face is too small to animate: its eyes are {int(size)} px apart (outer corners) "
+                         f"{where}, at least {MIN_FACE_PX:g} px are needed", subject=str(path),
+                         remedy="raise --max-size, or add --crop" if shrunk else
+                         "use a picture where the face is larger")
+    if size < SMALL_FACE_PX:
+        notes.append(f"the face is small ({int(size)} px between the outer eye corners {where}): the video shows "
+                     f"little detail; {SMALL_FACE_PX:g} px or more look better")
+        reporter.warn(notes[-1])

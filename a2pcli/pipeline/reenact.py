@@ -103,8 +103,11 @@ def reenact(portrait: Portrait, motion: Motion, output: Path | str, job: DriveJo
             models: Models | None = None) -> VideoResult:
     """Render `motion` on a loaded `portrait` into the video `output` (written atomically), with `audio` muxed.
     `inputs` (by name) are what the result and the sidecar name; `notes` go first in the result's."""
+    from a2pcli.motion import checked_motion
+
     check_drive_job(job)
     job = resolved(job)
+    motion = checked_motion(motion, "the driving motion")
     reporter = reporter or Reporter()
     models = models or Models()
     renderer = make_renderer(job.render, job.video, models)
@@ -178,7 +181,9 @@ def _drive(command: str, portrait, driver, output: Path, job: DriveJob, audio, r
     inputs = drive_inputs(command, portrait, driver, audio)
     track = _audio_track(Path(audio)) if audio is not None else None
     if isinstance(driver, Motion):
-        motion, notes = from_first_face(driver, "the driving motion")
+        from a2pcli.motion import checked_motion
+
+        motion, notes = from_first_face(checked_motion(driver, "the driving motion"), "the driving motion")
     else:
         motion, notes = driving_motion(Path(driver), reporter)
         if command == "vid2vid" and track is None:

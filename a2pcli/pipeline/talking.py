@@ -67,11 +67,11 @@ class TalkRun:
         """Load what every pair needs (the speech model, the --pose template) before the first pair."""
         if self.job.motion == MotionSource.a2p:
             self.reporter.stage("load the speech model", total=1)
-            self.models.audio2motion(self.job.model)
-            if self.job.talk.template is not None:
+            if self.job.talk.template is not None:  # first: a bad file is refused before the model loads
                 from a2pcli.motion import load_motion
 
                 self._template = load_motion(self.job.talk.template)
+            self.models.audio2motion(self.job.model)
             self.reporter.advance()
             self.reporter.end_stage()
 
@@ -90,12 +90,20 @@ class TalkRun:
         return found
 
     def _read_speech(self, audio) -> Speech:
-        from a2pcli.audio import load_audio, probe_audio, write_wav
+        from a2pcli.audio import (
+            SPEECH_ARRAY_NAME,
+            check_speech_length,
+            load_audio,
+            probe_audio,
+            speech_samples,
+            write_wav,
+        )
 
         job, reporter = self.job, self.reporter
         reporter.stage("read the audio", total=1)
         if isinstance(audio, np.ndarray):
-            samples = np.clip(np.asarray(audio, np.float32).reshape(-1), -1.0, 1.0)
+            samples = speech_samples(audio)
+            check_speech_length(samples, SPEECH_ARRAY_NAME)
             folder = Path(self._files.enter_context(tempfile.TemporaryDirectory(prefix="a2p-speech-")))
             track = probe_audio(write_wav(folder / "speech.wav", samples))
         else:
@@ -104,6 +112,7 @@ class TalkRun:
                 raise InputError("has no audio stream", subject=str(audio),
                                  remedy="pass a speech file or a video with sound")
             samples = load_audio(Path(audio), SAMPLE_RATE)
+            check_speech_length(samples, audio)
         n = max(1, int(round(len(samples) / SAMPLE_RATE * job.fps)))
         reporter.advance()
         speech = Speech(track, samples, n)
@@ -162,8 +171,8 @@ class TalkRun:
 
     def render(self, portrait_source, audio, output: Path, keep_portrait: bool = False,
                frames_dir: Path | None = None) -> VideoResult:
+        portrait = self.portrait(portrait_source, keep_portrait)  # the portrait first: the first problem is reported
         speech = self.speech(audio)
-        portrait = self.portrait(portrait_source, keep_portrait)
         tgt, notes = self.targets(portrait, speech)
         inputs = talk_inputs(portrait_source, audio, self.job)
 
@@ -212,8 +221,8 @@ def talk_motion(portrait, audio, job: TalkJob = TalkJob(), *, reporter: Reporter
     run = TalkRun(job, reporter, models)
     try:
         run.prepare()
-        speech = run.speech(audio)
         found = run.portrait(portrait)
+        speech = run.speech(audio)
         tgt, notes = run.targets(found, speech)
         return found, tgt, notes
     finally:

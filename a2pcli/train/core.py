@@ -74,7 +74,9 @@ from typing import Protocol
 
 import numpy as np
 
-from a2pcli.errors import A2PError, EnvironmentProblem, InputError, OutputError
+from a2pcli import limits
+from a2pcli.errors import A2PError, InputError, OutputError
+from a2pcli.launch import Launch, join_process_group, launch_from_env, too_few_gpus
 from a2pcli.progress import Reporter
 
 CHECKPOINT_DIR, LAST_CHECKPOINT = "checkpoints", "last.pt"
@@ -147,8 +149,7 @@ def check_options(opts: TrainOptions, presets: Iterable[str]) -> None:
             raise InputError(f"must be a whole number from 1 to 1000000, got {value}", subject=flag)
     if opts.lr is not None and not (math.isfinite(opts.lr) and 0 < opts.lr <= 1):
         raise InputError(f"must be a number above 0 and at most 1, got {opts.lr}", subject="--lr")
-    if not 0 <= opts.seed < 2**63:
-        raise InputError(f"must be a whole number, 0 or more, got {opts.seed}", subject="--seed")
+    limits.SEED.check("--seed", opts.seed)  # the same range as every command's --seed
     if opts.val_speakers is not None and not any(s.strip() for s in opts.val_speakers):
         raise InputError("names no speaker", subject="--val-speakers", remedy="e.g. --val-speakers spk01,spk07")
     own = resumes_own_folder(opts.resume, opts.output)
@@ -204,33 +205,6 @@ def output_folder(output: Path) -> Iterator[Path]:
 
 
 # --- runtime: the device and the processes ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Launch:
-    """This process's place among the processes torchrun started (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0  # 0 .. world_size - 1 over every node
-    local_rank: int = 0  # the process's number on its own node: its GPU is cuda:local_rank
-    world_size: int = 1
-
-
-def launch_from_env(env: dict | None = None) -> Launch:
-    """torchrun's RANK, LOCAL_RANK and WORLD_SIZE, checked; Launch() when they are absent. Reads the
-    environment only (nothing is initialised), so it can be asked before any work."""
-    env = os.environ if env is None else env
-    values = {}
-    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
-        text = (env.get(name) or default).strip()
-        if not text.isdigit():
-            raise InputError(f"must be a whole number, got {text!r}", subject=name,
-                             remedy="start the command with torchrun, or without these variables")
-        values[name] = int(text)
-    world, rank = values["WORLD_SIZE"], values["RANK"]
-    if world < 1 or rank >= world:
-        raise InputError(f"rank {rank} of {world} processes is not a place in the run", subject="RANK/WORLD_SIZE",
-                         remedy="start the command with torchrun, or without these variables")
-    return Launch(rank, values["LOCAL_RANK"], world)
 
 
 @dataclass(frozen=True)
@@ -331,46 +305,18 @@ def _process_device(device_spec: str, local_rank: int, job):
         return preflight("cpu", job)
     count = visible_cuda_count()
     if count and local_rank >= count:
-        raise EnvironmentProblem(f"torch sees {count} GPU(s) on this machine, too few for process {local_rank} "
-                                 "of this node", subject=f"LOCAL_RANK={local_rank}",
-                                 remedy=f"start at most {count} process(es) per node (--nproc-per-node), "
-                                 "or train on the CPU with --device cpu")
+        raise too_few_gpus(count, local_rank, "or train on the CPU with --device cpu")
     return preflight(f"cuda:{local_rank}" if count else "cuda", job)
 
 
 def _join_process_group(device: str, launch: Launch) -> None:
-    """torch.distributed's default group (torchrun's MASTER_ADDR/MASTER_PORT); left again at exit."""
-    import atexit
-    from datetime import timedelta
-
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        raise EnvironmentProblem("this torch build has no torch.distributed", subject="torchrun",
-                                 remedy="install a torch build with distributed support, or run without torchrun")
-    if dist.is_initialized():
-        if dist.get_world_size() != launch.world_size or dist.get_rank() != launch.rank:
-            raise EnvironmentProblem("a process group of another shape is already running", subject="torchrun")
-        return
+    """torch.distributed's default group: NCCL between GPUs, gloo between CPU processes."""
     cuda = device.startswith("cuda")
     if cuda:
+        import torch
+
         torch.cuda.set_device(device)
-    backend = "nccl" if cuda else "gloo"
-    if (cuda and not dist.is_nccl_available()) or (not cuda and not dist.is_gloo_available()):
-        raise EnvironmentProblem(f"this torch build lacks the {backend} backend", subject="torchrun",
-                                 remedy="install the official torch build")
-    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
-                            timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
-    atexit.register(_leave_process_group)
-
-
-def _leave_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+    join_process_group(launch, "nccl" if cuda else "gloo", PROCESS_GROUP_TIMEOUT_S)
 
 
 def data_parallel(net, runtime: Runtime):
