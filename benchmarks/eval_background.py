@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's a2p, also for the commands (run in ROOT)
 SHARED = Path(os.environ.get("A2P_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MEDIA, PORTRAITS = SHARED / "media", SHARED / "corpus" / "portraits"
 # a photo, two paintings, a cartoon and a full-body picture (plus a photo in front of a textured background)
@@ -91,7 +93,7 @@ def render(portrait: Path, driving: Path, out: Path, max_size: int, region: str 
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "a2pcli", "vid2vid", str(portrait), str(driving), "-o", str(out),
                     "--region", region, "--max-size", str(max_size), "--progress", "none", "--overwrite", "--quiet"],
-                   check=True)
+                   check=True, cwd=ROOT)
     return time.perf_counter() - t
 
 
@@ -154,7 +156,7 @@ def main() -> int:
         if driving.suffix != ".pose":  # extract once for every portrait
             driving = Path(td) / "driving.pose"
             subprocess.run([sys.executable, "-m", "a2pcli", "extract-pose", str(args.driving), "-o", str(driving),
-                            "--progress", "none", "--quiet"], check=True)
+                            "--progress", "none", "--quiet"], check=True, cwd=ROOT)
         for portrait in args.portraits:
             video = keep / f"{portrait.stem}_turn.mp4"
             seconds = render(portrait, driving, video, args.max_size)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's a2p, also for the commands (run in ROOT)
 SHARED = Path(os.environ.get("A2P_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MEDIA, PORTRAITS = SHARED / "media", SHARED / "corpus" / "portraits"
 EN, ZH, JA = MEDIA / "sadtalker_RD_Radio31_000.wav", MEDIA / "sadtalker_chinese_poem1.wav", MEDIA / "sadtalker_japanese.wav"
@@ -51,12 +53,18 @@ def eye_openness(lm: np.ndarray) -> np.ndarray:
     return np.mean(out, 0)
 
 
-def openness_series(frames) -> np.ndarray:
+def landmark_series(frames) -> list:
+    """MediaPipe's face mesh on every frame (video mode): (478, 3) pixels, or None where no face is found."""
     from a2pcli.landmarks import FaceMeshDetector
 
     with FaceMeshDetector(video=True) as det:
-        faces = [det.detect(f) for f in frames]
-    return np.array([eye_openness(f[0]) if f else np.nan for f in faces], np.float64)
+        return [(f[0] if f else None) for f in (det.detect(frame) for frame in frames)]
+
+
+def openness_series(frames=None, landmarks: list | None = None) -> np.ndarray:
+    """Eye openness of every frame (NaN where no face), from `frames` or their `landmarks` (landmark_series)."""
+    lms = landmark_series(frames) if landmarks is None else landmarks
+    return np.array([eye_openness(lm) if lm is not None else np.nan for lm in lms], np.float64)
 
 
 def blink_depths(openness: np.ndarray, peaks: np.ndarray, window: int = PEAK_WINDOW) -> np.ndarray:
@@ -89,7 +97,7 @@ def render(portrait: Path, speech: Path, seconds: float, tmp: Path, out: Path) -
     write_wav(cut, load_audio(speech, SAMPLE_RATE, duration_s=seconds), SAMPLE_RATE)
     subprocess.run([sys.executable, "-m", "a2pcli", "audio2video", str(portrait), str(cut), "-o", str(out),
                     "--max-size", str(MAX_SIZE), "--seed", str(SEED), "--fps", str(FPS), "--progress", "none",
-                    "--overwrite", "--quiet"], check=True)
+                    "--overwrite", "--quiet"], check=True, cwd=ROOT)
 
 
 def read_video(path: Path) -> list[np.ndarray]:
@@ -130,7 +138,7 @@ def evaluate_driven(portrait: Path, driving: Path, keep: Path) -> dict:
 
     video = keep / f"{portrait.stem}__{driving.stem}.mp4"
     subprocess.run([sys.executable, "-m", "a2pcli", "vid2vid", str(portrait), str(driving), "-o", str(video),
-                    "--max-size", str(MAX_SIZE), "--progress", "none", "--overwrite", "--quiet"], check=True)
+                    "--max-size", str(MAX_SIZE), "--progress", "none", "--overwrite", "--quiet"], check=True, cwd=ROOT)
     motion = load_pose(driving)
     peaks = driver_blinks(eye_openness(motion.landmarks))
     openness = openness_series(read_video(video))

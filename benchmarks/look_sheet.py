@@ -1,9 +1,10 @@
-"""Contact sheets for blinks and head turns: look at the eyes at a blink's peak and at the background while the
-head turns, as a user would.
+"""Contact sheets for mouths, blinks and head turns: look at the widest mouth, the quietest moment, the eyes
+at a blink's peak and the background while the head turns, as a user would.
 
-For each (portrait, speech) pair, one PNG: a row of eye crops through the first blinks of `a2p audio2video`
-(two frames before the peak, the peak, three frames after), the blink depth MediaPipe measures at each peak
-written on it; and a row of whole frames of `a2p vid2vid --region pose` with a driving video that turns: the
+For each (portrait, speech) pair, one PNG: face crops of `a2p audio2video` at its three widest mouths and in
+the speech's quietest half second (mouth gap MediaPipe measures written on them: inner-lip gap over the eye
+corners' distance); a row of eye crops through the first blinks (two frames before the peak, the peak, three
+frames after), the blink depth MediaPipe measures at each peak written on it; and a row of whole frames of `a2p vid2vid --region pose` with a driving video that turns: the
 portrait, the head turned furthest one way and the other, and tilted furthest up and down (yaw and pitch of
 the driving motion).
 
@@ -27,6 +28,9 @@ DEFAULT_PAIRS = ((bl.MEDIA / "sadtalker_happy.png", bl.EN), (bl.MEDIA / "livepor
 TILE = 200  # pixels: height of a row's tiles
 BLINK_OFFSETS = (-2, 0, 3)  # frames around each peak
 BLINKS_SHOWN = 2
+WIDE_SHOWN = 3  # widest mouths, at least WIDE_APART frames apart
+WIDE_APART = 12
+QUIET_S = 0.5  # seconds: the quietest window of the speech
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
@@ -45,13 +49,46 @@ def _fit(img: np.ndarray, height: int = TILE) -> np.ndarray:
     return cv2.resize(img, (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA)
 
 
-def blink_row(frames: list[np.ndarray], peaks: np.ndarray) -> np.ndarray:
-    from a2pcli.landmarks import FaceMeshDetector
+def mouth_gap(lm: np.ndarray) -> float:
+    """Inner-lip gap (13-14) over the outer eye corners' distance (33-263)."""
+    return float(np.linalg.norm(lm[13, :2] - lm[14, :2]) / max(np.linalg.norm(lm[33, :2] - lm[263, :2]), 1e-6))
 
-    openness = bl.openness_series(frames)
+
+def quietest_frame(speech: Path, n: int) -> int:
+    """The frame in the middle of the speech's quietest QUIET_S seconds (RMS) within the first n frames."""
+    from a2pcli.audio import SAMPLE_RATE, load_audio
+
+    audio = load_audio(speech, SAMPLE_RATE)[: int(n / bl.FPS * SAMPLE_RATE)].astype(np.float64)
+    win = int(QUIET_S * SAMPLE_RATE)
+    if len(audio) <= win:
+        return n // 2
+    energy = np.convolve(audio * audio, np.ones(win) / win, mode="valid")
+    return int(min(n - 1, (int(np.argmin(energy)) + win // 2) / SAMPLE_RATE * bl.FPS))
+
+
+def mouth_row(frames: list[np.ndarray], lms: list, speech: Path) -> np.ndarray:
+    gaps = np.array([mouth_gap(lm) if lm is not None else -1.0 for lm in lms])
+    wide: list[int] = []
+    for i in np.argsort(-gaps):
+        if len(wide) < WIDE_SHOWN and all(abs(int(i) - j) >= WIDE_APART for j in wide):
+            wide.append(int(i))
+    quiet = quietest_frame(speech, len(frames))
+    pts = np.concatenate([lm[:, :2] for lm in lms if lm is not None])
+    (x0, y0), (x1, y1) = np.percentile(pts, 1, 0), np.percentile(pts, 99, 0)
+    pad = 0.15 * (x1 - x0)
+    h, w = frames[0].shape[:2]
+    box = (int(max(0, x0 - pad)), int(max(0, y0 - pad)), int(min(w, x1 + pad)), int(min(h, y1 + pad)))
+    tiles = []
+    for name, i in [*(("wide", i) for i in sorted(wide)), ("silence", quiet)]:
+        crop = _fit(frames[i][box[1] : box[3], box[0] : box[2]])
+        tiles.append(_label(crop, f"{name} {i / bl.FPS:.2f}s gap {max(gaps[i], 0):.2f}"))
+    return np.concatenate(tiles, 1)
+
+
+def blink_row(frames: list[np.ndarray], peaks: np.ndarray, lms: list) -> np.ndarray:
+    openness = bl.openness_series(landmarks=lms)
     depth = bl.blink_depths(openness, peaks)
-    with FaceMeshDetector(video=False) as det:
-        lm = det.detect(frames[0])[0]
+    lm = next(lm for lm in lms if lm is not None)
     eyes = lm[[33, 133, 362, 263, 159, 386, 145, 374], :2]
     (x0, y0), (x1, y1) = eyes.min(0), eyes.max(0)
     pad_x, pad_y = 0.25 * (x1 - x0), 0.9 * (x1 - x0) / 2.5
@@ -103,14 +140,18 @@ def main() -> int:
             talk = tmp / f"{portrait.stem}__{speech.stem}.mp4"
             bl.render(portrait, speech, args.seconds, tmp, talk)
             peaks, _ = bl.scheduled_peaks(portrait, tmp / f"{speech.stem}.wav", args.seconds)
-            top = blink_row(bl.read_video(talk), peaks)
+            frames = bl.read_video(talk)
+            lms = bl.landmark_series(frames)
+            mouths = mouth_row(frames, lms, tmp / f"{speech.stem}.wav")
+            top = blink_row(frames, peaks, lms)
             turn = tmp / f"{portrait.stem}_turn.mp4"
             bg.render(portrait, args.driving, turn, bl.MAX_SIZE)
             image = load_portrait(portrait, PortraitOptions(max_size=bl.MAX_SIZE)).image
             bottom = turn_row(image, bg.read_video(turn), euler)
-            width = max(top.shape[1], bottom.shape[1])
+            rows = (mouths, top, bottom)
+            width = max(r.shape[1] for r in rows)
             sheet = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
-                                    for r in (top, bottom)], 0)
+                                    for r in rows], 0)
             dest = args.out / f"look__{portrait.stem}__{speech.stem}.png"
             cv2.imwrite(str(dest), sheet[..., ::-1])
             print(dest)
