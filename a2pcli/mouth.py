@@ -5,7 +5,7 @@
     lip_and_skin_colour(image, lm)    -> lip colour (RGB 0..1) and skin luminance, sampled at landmarks
     visible_interior(image, lm, s)    -> face units of mouth interior (cavity, teeth) the portrait shows
     open_mouth_gap(image, face)       -> the portrait's lip gap when its mouth is really open, else 0
-    closed_rest(open_gap, shape)      -> (478, 3) delta that closes an open-mouthed portrait's mouth
+    closed_rest(gap, shape, canon)    -> (478, 3) delta that closes an open-mouthed portrait's mouth
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ OPEN_PORTRAIT = 0.03  # face units: a portrait whose lips part more than this ma
 OPEN_VISIBLE = 0.012  # face units: ... and does when its visible interior (cavity, teeth) is at least this tall
 INTERIOR_DARK, INTERIOR_BRIGHT = 0.6, 1.25  # luminance relative to the lips': cavity below, teeth above
 INTERIOR_SATURATION = 0.85  # teeth are also paler than the lips (saturation relative to theirs): not a highlight
+REST_UPPER_SHARE = 0.35  # of an open mouth's lip gap, the share the upper lip comes down (the lower lip rises the rest)
+REST_CHIN_SHARE = 0.6  # the chin's bottom rises by this share of the lower lip's rise (the jaw closes with it)
 
 
 def lip_gap(canon: np.ndarray) -> np.ndarray:
@@ -89,10 +91,32 @@ def lip_and_skin_colour(image: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, 
     return lip, lum
 
 
-def closed_rest(open_gap: float, opening_shape: np.ndarray) -> np.ndarray:
+def closed_rest(open_gap: float, opening_shape: np.ndarray, canon: np.ndarray | None = None) -> np.ndarray:
     """(478, 3) delta that closes a portrait's open mouth: its lip gap `open_gap` (face units,
-    open_mouth_gap; 0 for a closed mouth) taken back along the model's own mouth opening
-    (`Audio2Motion.opening_shape()`: the jaw rises with the lower lip). The model's lips are relative to a
-    closed mouth at rest: on an open-mouthed portrait they start from this rest, so the mouth closes in
-    silence and between syllables as a speaker's does, instead of never closing further than the portrait."""
-    return (-float(max(open_gap, 0.0)) * opening_shape).astype(np.float32)
+    open_mouth_gap; 0 for a closed mouth). The model's lips are relative to a closed mouth at rest: on an
+    open-mouthed portrait they start from this rest, so the mouth closes in silence and between syllables as a
+    speaker's does, instead of never closing further than the portrait.
+
+    With the portrait's canonical landmarks `canon` (478, 3), each lip closes as a whole, its outer line with
+    its inner one, column by column across the mouth: the upper lip comes down by REST_UPPER_SHARE of the gap,
+    the lower lip rises by the rest, and the chin follows the lower lip (less towards its bottom). A smile that
+    shows its teeth closes over them with lips of their own thickness. Without `canon`: the gap taken back
+    along the model's mean opening (`Audio2Motion.opening_shape()`), which moves the inner lip lines only."""
+    gap = float(max(open_gap, 0.0))
+    if canon is None or gap <= 0.0:
+        return (-gap * opening_shape).astype(np.float32)
+    cols = np.clip(canon[fm.LIPS_INNER_LOWER, 1] - canon[fm.LIPS_INNER_UPPER, 1], 0.0, None)  # (11,), corners ~0
+    down, up = REST_UPPER_SHARE * cols, (1.0 - REST_UPPER_SHARE) * cols
+    rest = np.zeros_like(canon, dtype=np.float32)
+    rest[fm.LIPS_INNER_UPPER[1:-1], 1] += down[1:-1]
+    rest[fm.LIPS_OUTER_UPPER[1:-1], 1] += down[1:-1]
+    rest[fm.LIPS_INNER_LOWER[1:-1], 1] -= up[1:-1]
+    rest[fm.LIPS_OUTER_LOWER[1:-1], 1] -= up[1:-1]
+    # the chin: points below the lower lip and between the mouth corners rise with it, less towards the bottom
+    lip_y = float(canon[fm.LIPS_OUTER_LOWER, 1].max())
+    bottom = float(canon[fm.FACE_OVAL, 1].max())
+    left, right = float(canon[fm.LIPS_OUTER_UPPER, 0].min()), float(canon[fm.LIPS_OUTER_UPPER, 0].max())
+    chin = np.setdiff1d(np.flatnonzero((canon[:, 1] > lip_y) & (canon[:, 0] > left) & (canon[:, 0] < right)), fm.LIPS)
+    depth = np.clip((canon[chin, 1] - lip_y) / max(bottom - lip_y, 1e-6), 0.0, 1.0)
+    rest[chin, 1] -= float(up[3:-3].mean()) * (1.0 - (1.0 - REST_CHIN_SHARE) * depth)
+    return rest

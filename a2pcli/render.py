@@ -1,5 +1,5 @@
-"""The embedded renderer: a dense warp of the portrait driven by landmark correspondences, plus a
-synthesised mouth interior. No weights; the same torch code runs on CPU and GPU, in batches.
+"""The embedded renderer: a dense warp of the portrait driven by landmark correspondences, plus a mouth
+painted by the mouth model (a2pcli.mouthnet). The same torch code runs on CPU and GPU, in batches.
 
 Per frame, the backward map (output pixel -> portrait pixel) is a thin-plate spline through control
 points whose displacements are known:
@@ -8,12 +8,13 @@ points whose displacements are known:
 - a ring further out and the border of the working region stay put: torso and background.
 The spline is evaluated on a coarse grid, upsampled, faded to zero at the border of the working
 region (so the rest of the picture is untouched and no seam can show), and sampled bilinearly.
-Where the target lips part further than the portrait's, the opening is filled with a mouth interior
-(dark cavity, upper teeth, a hint of lower teeth when wide open) coloured from the portrait's lips and lit
-by its skin, blended at the inner lip line.
+Where the target lips part further than the portrait's, and on every frame of a portrait that shows its
+mouth interior (which must close), the mouth model paints the mouth: from a crop of the warped frame around
+the target lips, the target lip shape, and the portrait's own mouth (mouthnet's module doc); its colour
+change is resampled into the frame, so that nothing outside the mouth changes.
 
-    r = WarpRenderer(image, face, device="cpu")
-    frames = r.render(targets[0:16])          # (16, H, W, 3) uint8
+    r = WarpRenderer(image, face, plan, device="cpu", mouth=mouthnet.load_model())
+    frames = r.render(targets.slice(0, 16))   # (16, H, W, 3) uint8
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from a2pcli import facemesh as fm
 from a2pcli.eyelids import EYES, EyeLid
 from a2pcli.eyelids import coverage as lid_coverage
-from a2pcli.mouth import inner_lip_polygon, lip_and_skin_colour, lip_gap, open_mouth_gap
+from a2pcli.mouth import lip_and_skin_colour, lip_gap, open_mouth_gap
 from a2pcli.retarget import FaceTargets, PortraitFace
 
 SHELL_LEVELS = (1.3, 1.8)  # the face oval scaled about its centre: rigid head points (hair, ears)
@@ -39,9 +40,10 @@ WINDOW = 0.12  # fraction of the working region over which the warp fades out at
 TPS_REG_SURFACE = 3e-2  # thin-plate smoothing at face-surface and shell points: keeps head turns fold-free
 TPS_REG_FEATURE = 2e-3  # at lid points and anchors: close to exact, so the eyes follow the motion
 TPS_REG_LIPS = 2e-4  # at lip points: nearly exact, so lips meet when they close
-MOUTH_FEATHER = 0.7  # px: softness of the inner lip line
-OPEN_FULL = 0.035  # face units of extra lip gap at which the synthesised interior is fully shown
-SEAL_DARK = 0.55  # the line where closing lips meet, relative to the lip colour
+MOUTH_RAMP = 0.012  # face units of extra lip gap over which the mouth model's painting fades in
+MOUTH_MIN_STRENGTH = 0.01  # frames painted less than this are left to the warp
+INTERIOR_BLUR = 2.0  # crop pixels: the warp's streaks of stretched lip between the inner lip lines are smoothed
+YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])  # BT.601
 # Spacing of the warp field's nodes, face units: fine across the face and finest over the lids and lips,
 # whose points move in opposite directions a few pixels apart; coarse over hair and background.
 # The warp field is evaluated on a coarse grid over the working region and on fine patches over the mouth
@@ -155,10 +157,11 @@ class WarpRenderer:
     """Renders frames of one portrait for batches of retargeted landmarks (see the module doc).
 
     `plan` is the whole target sequence (or a representative part): it decides where the warp field needs
-    fine nodes and how far the head travels."""
+    fine nodes and how far the head travels. `mouth`: the mouth model (mouthnet.MouthModel) that paints the
+    mouth; None renders the warp alone."""
 
     def __init__(self, image: np.ndarray, face: PortraitFace, plan: FaceTargets, device: str = "cpu",
-                 still_background: bool = True):
+                 still_background: bool = True, mouth=None):
         import torch
 
         self.torch = torch
@@ -240,26 +243,37 @@ class WarpRenderer:
             self.ident = ident
 
         # mouth
-        lip, lum = lip_and_skin_colour(self.image, face.landmarks)
-        self.lip_rgb = torch.tensor(lip, device=dev, dtype=f32)
-        self.teeth_rgb = torch.tensor([0.85, 0.82, 0.76], device=dev, dtype=f32) * float(np.clip(lum / 0.6, 0.4, 1.0))
         self.portrait_gap = float(lip_gap(face.canon[None])[0])
-        # the parting of the portrait's inner lip lines per point (face units): on closed lips it is lip,
-        # and the synthesised interior opens only between what parts beyond it
-        self.seal = np.clip(face.canon[fm.LIPS_INNER_LOWER, 1] - face.canon[fm.LIPS_INNER_UPPER, 1], 0.0, None)
-        # an open-mouthed portrait: where the closing lips would squeeze its interior into a thin band,
-        # the band is painted over with lip colour (a warped mask of the interior tells where it lands)
-        self.interior = None
-        if open_mouth_gap(self.image, face) > 0:
-            import cv2
+        self.open_portrait = open_mouth_gap(self.image, face) > 0
+        self.mouth = self.mouth_cfg = None
+        if mouth is not None:
+            self.mouth = mouth.to(str(self.device))
+            self._setup_mouth(self.mouth.config)
 
-            poly = inner_lip_polygon(face.landmarks)
-            mask = np.zeros((roi.h, roi.w), np.float32)
-            cv2.fillPoly(mask, [np.round((poly - self.origin) * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
-            self.interior = cv2.GaussianBlur(mask, (0, 0), 1.0)
-            if self.gpu:
-                self.src_t = torch.cat([self.src_t, torch.from_numpy(self.interior).to(dev)[None, None]], 1)
-        self.mouth_side = min(int(np.ceil(1.0 * unit)) | 1, roi.w, roi.h)
+    def _setup_mouth(self, cfg) -> None:
+        """For the mouth model (a2pcli.mouthnet, its crop `cfg`): the portrait's own mouth crop, and its
+        inner-lip polygon over the working region (warped with the frame, it shows the model where the
+        portrait's own interior landed)."""
+        import cv2
+
+        from a2pcli import mouthnet
+
+        torch, face = self.torch, self.face
+        self.mouth_cfg = cfg
+        self.lip_rgb = lip_and_skin_colour(self.image, face.landmarks)[0].astype(np.float64)
+        own = mouthnet.portrait_crop(self.image, face.landmarks, face.rotation, face.scale, cfg)
+        self.portrait_mouth = torch.from_numpy(own).to(self.device)
+        a = mouthnet.crop_affine(face.landmarks[None], face.rotation[None], np.array([face.scale]), cfg)
+        self.portrait_affine = a[0]
+        self.portrait_lines = np.stack([mouthnet.to_crop(face.landmarks[None, line], a)[0]
+                                        for line in mouthnet.LIP_LINES])
+        poly = face.landmarks[mouthnet.INNER_POLYGON, :2] - self.origin
+        mask = np.zeros((self.roi.h, self.roi.w), np.uint8)
+        cv2.fillPoly(mask, [np.round(poly * 8).astype(np.int32)], 255, cv2.LINE_AA, shift=3)
+        self.interior = mask.astype(np.float32) / 255.0
+        if self.gpu:
+            self.mouth_src_t = torch.cat([self.crop_t, torch.from_numpy(self.interior).to(self.device)[None, None]], 1)
+            self.image_t = self.full_t.permute(2, 0, 1)[None].float()  # (1, 3, H, W)
 
     def _plan_patches(self, plan: FaceTargets) -> list[Patch]:
         unit, roi = self.unit, self.roi
@@ -319,20 +333,13 @@ class WarpRenderer:
         from a2pcli.headpose import canonical
 
         canon = canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale)
-        gap = lip_gap(canon)
         tgt, lids = self._open_lids(tgt, canon)
-        closing = None
-        if self.interior is not None:
-            closing = np.clip(1.0 - gap / self.portrait_gap, 0.0, 1.0).astype(np.float32)
         with self.torch.inference_mode():
             field = self.coarse_field(tgt)
-            mouth = self._mouth_layer(tgt, gap)
+            plan = self._mouth_plan(tgt) if self.mouth is not None else None
             if self.gpu:
-                return self._render_gpu(field, mouth, closing, lids)
-            return self._render_cpu(field.numpy(), mouth, closing, lids)
-
-    def _seal_colour(self) -> np.ndarray:
-        return self.lip_rgb.cpu().numpy() * 255.0
+                return self._render_gpu(field, plan, lids)
+            return self._render_cpu(field.numpy(), plan, lids)
 
     def _patch_fields(self, field):
         """Split (B, G, 2) node values into one (B, ny, nx, 2) grid per patch."""
@@ -341,41 +348,57 @@ class WarpRenderer:
             out.append(field[:, a:b].reshape(len(field), p.ny, p.nx, 2))
         return out
 
-    def _render_cpu(self, field: np.ndarray, mouth, closing, lids: list) -> np.ndarray:
+    def _dense_cpu(self, grids: list[np.ndarray], i: int, box: WorkingRegion | None = None) -> np.ndarray:
+        """(h, w, 2) float32: for each pixel of frame i's working region (or of `box` in it), the portrait
+        position it shows (working-region pixels)."""
+        import cv2
+
+        b = box or WorkingRegion(0, 0, self.roi.w, self.roi.h)
+        dense = cv2.remap(grids[0][i], *(m[b.y0 : b.y1, b.x0 : b.x1] for m in self.maps[0]), cv2.INTER_LINEAR)
+        for p, g, (mx, my), f in zip(self.patches[1:], grids[1:], self.maps[1:], self.feathers[1:]):
+            x0, y0, x1, y1 = max(p.x0, b.x0), max(p.y0, b.y0), min(p.x1, b.x1), min(p.y1, b.y1)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            sub = dense[y0 - b.y0 : y1 - b.y0, x0 - b.x0 : x1 - b.x0]
+            cut = (slice(y0 - p.y0, y1 - p.y0), slice(x0 - p.x0, x1 - p.x0))
+            sub += (cv2.remap(g[i], mx[cut], my[cut], cv2.INTER_LINEAR) - sub) * f[cut]
+        dense *= self.window[b.y0 : b.y1, b.x0 : b.x1]
+        dense += self.ident[b.y0 : b.y1, b.x0 : b.x1]
+        return dense
+
+    def _render_cpu(self, field: np.ndarray, plan: _MouthPlan | None, lids: list) -> np.ndarray:
         import cv2
 
         roi = self.roi
         grids = self._patch_fields(field)
         frames = np.empty((len(field), self.size[1], self.size[0], 3), np.uint8)
         frames[:] = self.image[None]
+        slot = {} if plan is None else {int(i): j for j, i in enumerate(plan.index)}
+        crops = []
         for i in range(len(field)):
-            dense = cv2.remap(grids[0][i], *self.maps[0], cv2.INTER_LINEAR)
-            for p, g, (mx, my), f in zip(self.patches[1:], grids[1:], self.maps[1:], self.feathers[1:]):
-                sub = dense[p.y0 : p.y1, p.x0 : p.x1]
-                sub += (cv2.remap(g[i], mx, my, cv2.INTER_LINEAR) - sub) * f
-            dense *= self.window
-            dense += self.ident
+            dense = self._dense_cpu(grids, i)
             region = frames[i, roi.y0 : roi.y1, roi.x0 : roi.x1]
             self._sample_cpu(dense, region)
             for w in lids:
                 if w.frame == i:
                     x0, y0 = w.origin
                     w.pos = np.ascontiguousarray(dense[y0 : y0 + w.size[1], x0 : x0 + w.size[0]])
-            if closing is not None and closing[i] > 0.01:
-                m = cv2.remap(self.interior, dense, None, cv2.INTER_LINEAR)[..., None] * closing[i]
-                seal = self._seal_colour() * (1 - (1 - SEAL_DARK) * m**4)
-                region[:] = np.clip(region * (1 - m) + seal * m + 0.5, 0, 255).astype(np.uint8)
+            if i in slot:
+                crops.append(self._mouth_crop_cpu(dense, plan.affine[slot[i]]))
         self._lids_cpu(frames, lids)
-        if mouth is not None:
-            side = self.mouth_side
-            for j, (i, x0, y0) in enumerate(zip(*mouth.where)):
-                cut = frames[i, roi.y0 + y0 : roi.y0 + y0 + side, roi.x0 + x0 : roi.x0 + x0 + side]
-                a = mouth.alpha[j].numpy()[..., None]
-                c = mouth.colour[j].numpy().transpose(1, 2, 0)
-                cut[:] = np.clip(cut * (1 - a) + c * a + 0.5, 0, 255).astype(np.uint8)
+        if crops:
+            torch = self.torch
+            warped = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float()
+            interior = torch.from_numpy(np.stack([c[1] for c in crops]))[:, None]
+            lips_rgb = np.stack([cv2.remap(self.image, at[..., 0], at[..., 1], cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REPLICATE) for at in plan.lip_src])
+            lips_rgb = torch.from_numpy(lips_rgb).permute(0, 3, 1, 2).float()
+            delta = self._mouth_delta(warped, interior, lips_rgb, plan).permute(0, 2, 3, 1).numpy()
+            for j, i in enumerate(plan.index):
+                _add_crop(frames[i], delta[j], plan.affine[j])
         return frames
 
-    def _render_gpu(self, field, mouth, closing, lids: list) -> np.ndarray:
+    def _render_gpu(self, field, plan: _MouthPlan | None, lids: list) -> np.ndarray:
         torch = self.torch
         fnn = torch.nn.functional
         roi = self.roi
@@ -393,18 +416,12 @@ class WarpRenderer:
         out = fnn.grid_sample(self.src_t.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                               align_corners=True)
         if self.backdrop is not None:  # the warped person over the still background
-            out = torch.cat([out[:, :3] + (1 - out[:, 3:4]) * self.plate_t, out[:, 4:]], 1)
+            out = out[:, :3] + (1 - out[:, 3:4]) * self.plate_t
+        else:
+            out = out[:, :3]
         self._lids_gpu(pos, out, lids)
-        if closing is not None:
-            m = out[:, 3:] * torch.from_numpy(closing).to(self.device).view(-1, 1, 1, 1)
-            seal = self.lip_rgb.view(1, 3, 1, 1) * 255.0 * (1 - (1 - SEAL_DARK) * m**4)
-            out = out[:, :3] * (1 - m) + seal * m
-        if mouth is not None:
-            side = self.mouth_side
-            for j, (i, x0, y0) in enumerate(zip(*mouth.where)):
-                cut = out[i, :, y0 : y0 + side, x0 : x0 + side]
-                a = mouth.alpha[j][None]
-                cut.mul_(1 - a).add_(mouth.colour[j] * a)
+        if plan is not None:
+            self._paint_gpu(out, pos, plan)
         region = out.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)
         frames = self.full_t[None].repeat(b, 1, 1, 1)
         frames[:, roi.y0 : roi.y1, roi.x0 : roi.x1] = region
@@ -518,65 +535,148 @@ class WarpRenderer:
 
     # ---- mouth ------------------------------------------------------------------------------------
 
-    def _mouth_layer(self, tgt: FaceTargets, gap: np.ndarray):
-        """The synthesised interior for frames whose lips part further than the portrait's, or None.
-        Returns alpha (M, S, S) and colour (M, 3, S, S) 0..255 for M frames at working-region offsets."""
-        torch = self.torch
+    def mouth_strength(self, tgt: FaceTargets) -> np.ndarray:
+        """(B,) float32 0..1: how much of the mouth model's painting each frame gets. A closed portrait: where
+        the lips part further than the portrait's (fading in over MOUTH_RAMP); a portrait that shows its mouth
+        interior: every frame (its interior must close, open or change)."""
+        from a2pcli.headpose import canonical
 
-        if self.interior is not None:
-            return None  # the portrait shows its own mouth interior (teeth, a smile): the warp stretches it
-        excess = np.clip((gap - self.portrait_gap) / OPEN_FULL, 0.0, 1.0)
-        todo = np.nonzero(excess > 0.01)[0]
+        if self.open_portrait:
+            return np.ones(len(tgt), np.float32)
+        gap = lip_gap(canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale))
+        return np.clip((gap - self.portrait_gap) / MOUTH_RAMP, 0.0, 1.0).astype(np.float32)
+
+    def _mouth_plan(self, tgt: FaceTargets) -> _MouthPlan | None:
+        """The frames the mouth model paints (mouth_strength), their crops and target lip masks, or None."""
+        from a2pcli import mouthnet
+
+        strength = self.mouth_strength(tgt)
+        todo = np.flatnonzero(strength > MOUTH_MIN_STRENGTH)
         if len(todo) == 0:
             return None
-        dev, f32 = self.device, torch.float32
-        side = self.mouth_side
-        lm = tgt.landmarks[todo][:, :, :2] - self.origin
-        centre = 0.5 * (lm[:, fm.LIPS_INNER_UPPER].mean(1) + lm[:, fm.LIPS_INNER_LOWER].mean(1))
-        x0 = np.clip(np.round(centre[:, 0] - side / 2).astype(int), 0, self.roi.w - side)
-        y0 = np.clip(np.round(centre[:, 1] - side / 2).astype(int), 0, self.roi.h - side)
-        nb = len(todo)
-        ar = torch.arange(side, device=dev, dtype=f32)
-        py, px = torch.meshgrid(ar, ar, indexing="ij")
-        org = torch.from_numpy(np.stack([x0, y0], 1).astype(np.float32)).to(dev)
-        pix = (torch.stack([px, py], -1)[None] + org[:, None, None, :]).reshape(nb, -1, 2)  # (nb, P, 2)
+        cfg = self.mouth_cfg
+        lm = tgt.landmarks[todo]
+        a = mouthnet.crop_affine(lm, tgt.rotation[todo], tgt.scale[todo], cfg)
+        src, cover = [], []
+        lines = mouthnet.to_crop(lm[:, np.concatenate(mouthnet.LIP_LINES)], a)
+        lines = lines.reshape(len(todo), len(mouthnet.LIP_LINES), -1, 2)
+        for j in range(len(todo)):
+            at, c = mouthnet.lip_bands(lines[j], self.portrait_lines, cfg.size)
+            pa = self.portrait_affine.astype(np.float32)
+            src.append(at @ pa[:, :2].T + pa[:, 2])
+            cover.append(c)
+        return _MouthPlan(todo, a, mouthnet.lip_masks(lm, a, cfg.size), strength[todo], np.stack(src), np.stack(cover))
 
-        upper = torch.from_numpy(np.ascontiguousarray(lm[:, fm.LIPS_INNER_UPPER], np.float32)).to(dev)
-        lower = torch.from_numpy(np.ascontiguousarray(lm[:, fm.LIPS_INNER_LOWER], np.float32)).to(dev)
-        c_r = 0.5 * (upper[:, :1] + lower[:, :1])  # (nb, 1, 2)
-        axis = 0.5 * (upper[:, -1:] + lower[:, -1:]) - c_r
-        length = axis.norm(dim=2, keepdim=True).clamp_min(1.0)  # (nb, 1, 1)
-        ax = axis / length
-        nrm = torch.cat([-ax[..., 1:], ax[..., :1]], 2)  # points down the face
+    def _mouth_delta(self, warped, interior, lips_rgb, plan: _MouthPlan):
+        """The change to the warped crops (M, 3, S, S): the mouth model paints the mouth, then the portrait's own
+        lips, mapped band by band onto the target's lip shape (mouthnet.lip_bands), cover it up to the inner lip
+        line, so that closing lips close over whatever the portrait showed between them; times the strength.
+        warped, lips_rgb: (M, 3, S, S) 0..255; interior: (M, 1, S, S)."""
+        torch = self.torch
+        dev = warped.device
+        lips = torch.from_numpy(plan.lips).to(dev)
+        # the model's painting up to a pixel beyond the outer lip line (further out it would tint smooth skin)
+        near = torch.nn.functional.max_pool2d(lips[:, 1:2], 3, stride=1, padding=1)
+        base = warped
+        if not self.open_portrait:  # between the inner lip lines the warp only stretches lip: smooth its streaks
+            base = warped + lips[:, :1] * (_blur(warped, INTERIOR_BLUR) - warped)
+        painted = base + self.mouth.paint(base, lips, interior, self.portrait_mouth) * near
+        painted = painted + lips[:, :1] * (self._own_hues(painted) - painted)  # inside the inner lip line
+        cover = torch.from_numpy(plan.lip_cover).to(dev)[:, None] * (1.0 - lips[:, :1])
+        final = painted + cover * (lips_rgb - painted)
+        return (final - warped) * torch.from_numpy(plan.strength).to(dev).view(-1, 1, 1, 1)
 
-        def local(q):
-            d = q - c_r
-            return (d * ax).sum(-1) / length[..., 0], (d * nrm).sum(-1)
+    def _own_hues(self, rgb):
+        """(M, 3, S, S) 0..255 with its chroma (BT.601 Cb, Cr) projected onto the portrait's lip hue, negative
+        projections made neutral: the painted mouth keeps the portrait's palette (teeth stay neutral, a cavity
+        takes the lips' hue) instead of drifting to hues the portrait's mouth does not have (an olive cavity
+        on a cartoon)."""
+        torch = self.torch
+        m = torch.tensor(YCBCR, dtype=rgb.dtype, device=rgb.device)
+        ycc = torch.einsum("ij,bjhw->bihw", m, rgb)
+        hue = torch.tensor(YCBCR[1:] @ self.lip_rgb, dtype=rgb.dtype, device=rgb.device)
+        hue = hue / hue.norm().clamp_min(1e-6)
+        along = (ycc[:, 1:] * hue.view(1, 2, 1, 1)).sum(1, keepdim=True).clamp_min(0.0)
+        ycc = torch.cat([ycc[:, :1], along * hue.view(1, 2, 1, 1)], 1)
+        return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), ycc)
 
-        uu, vu = local(upper)
-        ul, vl = local(lower)
-        pu, pv = local(pix)  # (nb, P)
-        # lip that the portrait's inner lip lines enclose stays lip: each line is moved in by half of it
-        half = torch.from_numpy(np.ascontiguousarray(0.5 * self.seal[None] * tgt.scale[todo, None], np.float32)).to(dev)
-        v_up = _interp(pu, torch.cummax(uu, 1).values, vu + half)
-        v_lo = _interp(pu, torch.cummax(ul, 1).values, vl - half)
-        gap = (v_lo - v_up).clamp_min(0.0)
-        f, unit = MOUTH_FEATHER, self.unit
-        inside = torch.sigmoid((pv - v_up) / f) * torch.sigmoid((v_lo - pv) / f) * ((pu > 0) & (pu < 1)).to(f32)
-        bump = torch.clamp(1 - ((pu - 0.5) / 0.42) ** 4, 0.0, 1.0)
-        h_up = torch.clamp(0.4 * gap, max=0.07 * unit) * bump
-        h_lo = torch.clamp(gap - 0.16 * unit, 0.0, 0.05 * unit) * bump
-        teeth_up = torch.sigmoid((v_up + h_up - pv) / f) * (h_up > 0.5).to(f32)
-        teeth_lo = torch.sigmoid((pv - (v_lo - h_lo)) / f) * (h_lo > 0.5).to(f32)
-        depth = torch.clamp(torch.minimum(pv - v_up, v_lo - pv) / (0.5 * gap + 1.0), 0.0, 1.0)
-        cavity = self.lip_rgb.view(1, 3, 1) * (0.32 - 0.22 * depth)[:, None]
-        shade = 0.72 + 0.28 * torch.clamp((pv - v_up) / (0.35 * h_up + 1.0), 0.0, 1.0)  # shadow under the lip
-        teeth = self.teeth_rgb.view(1, 3, 1) * (0.55 + 0.45 * bump)[:, None]
-        colour = cavity * (1 - teeth_up[:, None]) + teeth * (shade * teeth_up)[:, None]
-        colour = colour * (1 - teeth_lo[:, None]) + teeth * (0.8 * teeth_lo)[:, None]
-        alpha = inside * torch.from_numpy(excess[todo].astype(np.float32)).to(dev)[:, None]
-        return _MouthLayer(alpha.reshape(nb, side, side), (colour * 255.0).reshape(nb, 3, side, side),
-                           (todo, x0, y0))
+    def _mouth_crop_cpu(self, dense: np.ndarray, a: np.ndarray,
+                        box: WorkingRegion | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The warped portrait (S, S, 3) uint8 and the warped interior mask (S, S) float32 in the crop `a`
+        (crop -> frame pixels), sampled from the portrait through the frame's dense map (of `box` only, when
+        given)."""
+        import cv2
+
+        from a2pcli import mouthnet
+
+        pos = mouthnet.crop_grid(a[None], self.mouth_cfg.size)[0] - self.origin
+        if box is not None:
+            pos -= (box.x0, box.y0)
+        m = cv2.remap(dense, pos[..., 0], pos[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        rgb = cv2.remap(self.crop, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        inside = cv2.remap(self.interior, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return rgb, inside
+
+    def _paint_gpu(self, out, pos, plan: _MouthPlan) -> None:
+        """Add the mouth model's painting to `out` (B, 3, h, w) in place; `pos`: (B, 2, h, w) the frames'
+        portrait positions (working-region pixels)."""
+        from a2pcli import mouthnet
+
+        torch = self.torch
+        fnn = torch.nn.functional
+        roi, dev, s = self.roi, self.device, self.mouth_cfg.size
+        idx = torch.from_numpy(plan.index).to(dev)
+        norm = torch.tensor([2.0 / max(roi.w - 1, 1), 2.0 / max(roi.h - 1, 1)], device=dev)
+        at = torch.from_numpy(mouthnet.crop_grid(plan.affine, s) - self.origin).to(dev)  # (M, S, S, 2)
+        m = fnn.grid_sample(pos[idx], at * norm - 1.0, mode="bilinear", padding_mode="border", align_corners=True)
+        src = fnn.grid_sample(self.mouth_src_t.expand(len(idx), -1, -1, -1), m.permute(0, 2, 3, 1) * norm - 1.0,
+                              mode="bilinear", padding_mode="border", align_corners=True)
+        h_img, w_img = self.image.shape[:2]
+        at = torch.from_numpy(plan.lip_src).to(dev)
+        at = at * torch.tensor([2.0 / max(w_img - 1, 1), 2.0 / max(h_img - 1, 1)], device=dev) - 1.0
+        lips_rgb = fnn.grid_sample(self.image_t.expand(len(idx), -1, -1, -1), at, mode="bilinear",
+                                   padding_mode="border", align_corners=True).round()
+        delta = self._mouth_delta(src[:, :3].round(), src[:, 3:4], lips_rgb, plan)
+        # back into the working region: its normalised coordinates -> frame pixels -> the crop's normalised ones
+        w, h = roi.w, roi.h
+        to_frame = np.array([[(w - 1) / 2, 0, (w - 1) / 2 + roi.x0], [0, (h - 1) / 2, (h - 1) / 2 + roi.y0], [0, 0, 1]])
+        theta = 2.0 / (s - 1) * (mouthnet.invert_affine(plan.affine) @ to_frame)
+        theta[:, :, 2] -= 1.0
+        grid = fnn.affine_grid(torch.from_numpy(theta.astype(np.float32)).to(dev), [len(idx), 3, h, w],
+                               align_corners=True)
+        out[idx] += fnn.grid_sample(delta, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def mouth_crops(self, tgt: FaceTargets, cfg) -> dict[str, np.ndarray]:
+        """The mouth model's inputs for every frame of `tgt`, from the warp alone (training data; CPU):
+        affine (B, 2, 3) crop -> frame pixels, warped (B, S, S, 3) uint8, interior (B, S, S) uint8,
+        lips (B, 2, S, S) uint8 (inner, outer), portrait (4, S, S) float32 (mouthnet.portrait_crop)."""
+        from a2pcli import mouthnet
+
+        if self.mouth_cfg != cfg:
+            self._setup_mouth(cfg)
+        with self.torch.inference_mode():
+            grids = self._patch_fields(self.coarse_field(tgt).numpy())
+        a = mouthnet.crop_affine(tgt.landmarks, tgt.rotation, tgt.scale, cfg)
+        warped = np.empty((len(tgt), cfg.size, cfg.size, 3), np.uint8)
+        interior = np.empty((len(tgt), cfg.size, cfg.size), np.uint8)
+        for i in range(len(tgt)):
+            box = self._crop_box(a[i])
+            warped[i], inside = self._mouth_crop_cpu(self._dense_cpu(grids, i, box), a[i], box)
+            interior[i] = np.round(inside * 255)
+        lips = np.round(mouthnet.lip_masks(tgt.landmarks, a, cfg.size) * 255).astype(np.uint8)
+        return {"affine": a, "warped": warped, "interior": interior, "lips": lips,
+                "portrait": self.portrait_mouth.cpu().numpy()}
+
+
+    def _crop_box(self, a: np.ndarray) -> WorkingRegion:
+        """The part of the working region (its pixels) that the crop `a` covers, with a pixel to spare."""
+        s = self.mouth_cfg.size
+        corners = a @ np.array([[0, s - 1, 0, s - 1], [0, 0, s - 1, s - 1], [1, 1, 1, 1]], np.float64)
+        lo = np.floor(corners.min(1) - self.origin).astype(int) - 1
+        hi = np.ceil(corners.max(1) - self.origin).astype(int) + 2
+        x0, y0 = np.clip(lo, 0, [self.roi.w - 1, self.roi.h - 1])
+        x1, y1 = np.clip(hi, [x0 + 1, y0 + 1], [self.roi.w, self.roi.h])
+        return WorkingRegion(int(x0), int(y0), int(x1), int(y1))
 
 
 @dataclass
@@ -592,10 +692,45 @@ class _LidWork:
 
 
 @dataclass
-class _MouthLayer:
-    alpha: object  # torch (M, S, S)
-    colour: object  # torch (M, 3, S, S)
-    where: tuple  # frame indices in the batch, x0, y0 in the working region
+class _MouthPlan:
+    index: np.ndarray  # (M,) frames of the batch the mouth model paints
+    affine: np.ndarray  # (M, 2, 3) their crops: crop -> frame pixels
+    lips: np.ndarray  # (M, 2, S, S) float32 target inner and outer lip polygons in the crops
+    strength: np.ndarray  # (M,) float32 0..1: how much of the painting is applied
+    lip_src: np.ndarray  # (M, S, S, 2) float32: portrait pixels the lips of each crop pixel come from
+    lip_cover: np.ndarray  # (M, S, S) float32 0..1: where the target's lips are (mouthnet.lip_bands)
+
+
+def _add_crop(frame: np.ndarray, delta: np.ndarray, a: np.ndarray) -> None:
+    """frame (H, W, 3) uint8 += delta (S, S, 3) float32 resampled from its crop `a` (crop -> frame pixels),
+    in place."""
+    import cv2
+
+    s = delta.shape[0]
+    corners = a @ np.array([[0, s - 1, 0, s - 1], [0, 0, s - 1, s - 1], [1, 1, 1, 1]], np.float64)  # (2, 4)
+    h, w = frame.shape[:2]
+    x0, y0 = np.maximum(np.floor(corners.min(1)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(corners.max(1)).astype(int) + 1, [w, h])
+    if x1 <= x0 or y1 <= y0:
+        return
+    m = a.copy()
+    m[:, 2] -= (x0, y0)
+    d = cv2.warpAffine(delta, m, (int(x1 - x0), int(y1 - y0)), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT)
+    box = frame[y0:y1, x0:x1]
+    box[:] = np.clip(box + d + 0.5, 0, 255).astype(np.uint8)
+
+
+def _blur(x: "torch.Tensor", sigma: float) -> "torch.Tensor":
+    """Separable Gaussian blur of (B, C, H, W), borders replicated."""
+    import torch
+    from torch.nn import functional as F
+
+    r = int(np.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = (k / k.sum()).repeat(x.shape[1], 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(-1, 1, 1, 2 * r + 1), groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(-1, 1, 2 * r + 1, 1), groups=x.shape[1])
 
 
 def _solve(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
@@ -622,13 +757,3 @@ def _tps_kernel(r2: "torch.Tensor") -> "torch.Tensor":
     return r2.clamp_min(1e-12).log_().mul_(r2).mul_(0.5)
 
 
-def _interp(x: "torch.Tensor", xp: "torch.Tensor", fp: "torch.Tensor") -> "torch.Tensor":
-    """Batched piecewise-linear interpolation, clamped at the ends. x: (B, P); xp, fp: (B, K), xp ascending."""
-    import torch
-
-    k = xp.shape[1]
-    i = torch.searchsorted(xp.contiguous(), x.contiguous()).clamp(1, k - 1)
-    x0, x1 = xp.gather(1, i - 1), xp.gather(1, i)
-    f0, f1 = fp.gather(1, i - 1), fp.gather(1, i)
-    t = ((x - x0) / (x1 - x0).clamp_min(1e-6)).clamp(0.0, 1.0)
-    return f0 + t * (f1 - f0)

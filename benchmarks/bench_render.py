@@ -2,7 +2,7 @@
 the time goes (start-up, face detection, set-up, rendering alone, encoding alone).
 
     python benchmarks/bench_render.py [--portrait IMG] [--driving VIDEO_OR_POSE] [--device cpu|cuda]
-                                      [--batch N] [--frames 250] [--size 512] [--skip-cli]
+                                      [--batch N] [--frames 250] [--size 512] [--skip-cli] [--mouth-model DIR]
 
 Defaults: ../shared/media/sadtalker_happy.png driven by ../shared/media/liveportrait_d3.mp4.
 Prints one JSON object; figures go to benchmarks/README.md with machine and date.
@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--skip-cli", action="store_true")
+    ap.add_argument("--mouth-model", default=None, help="mouth model folder (default: the shipped one)")
+    ap.add_argument("--no-mouth", action="store_true", help="render the warp alone (no mouth model)")
     ap.add_argument("--save-bundle", type=Path, help="write the framed portrait, its landmarks and the first "
                     "rendered frames (CPU reference) to this .npz, for a machine without mediapipe")
     ap.add_argument("--bundle", type=Path, help="read the portrait from such a .npz instead of detecting its face; "
@@ -80,7 +82,12 @@ def main() -> None:
                                                                            "scale")))
     tgt = tgt.resample(args.frames, motion.fps, args.fps)
     batch = args.batch or plan_batch("auto", args.device, bytes_per_frame(portrait.image.shape[:2], portrait.face.scale))
-    renderer = WarpRenderer(portrait.image, portrait.face, tgt, device=args.device)
+    from a2pcli.mouthnet import load_model as load_mouth_model
+
+    mouth = None if args.no_mouth else load_mouth_model(args.mouth_model, device=args.device)
+    renderer = WarpRenderer(portrait.image, portrait.face, tgt, device=args.device, mouth=mouth)
+    res["mouth_model"] = None if mouth is None else str(mouth.path)
+    res["mouth_frames"] = int((renderer.mouth_strength(tgt) > 0.01).sum()) if mouth is not None else 0
     res["setup_s"] = round(time.perf_counter() - t, 3)
     res["batch"] = batch
     res["estimated_vram_gb"] = round(bytes_per_frame(portrait.image.shape[:2], portrait.face.scale) * batch / 1e9, 2)
@@ -128,9 +135,10 @@ def main() -> None:
         pose = tmp / "drive.pose"
         save_pose(motion.slice(0, min(len(motion), int(round(args.frames * motion.fps / args.fps)))), pose)
         t = time.perf_counter()
+        extra = ["--mouth-model", args.mouth_model] if args.mouth_model else []
         proc = subprocess.run([sys.executable, "-m", "a2pcli", "pose2vid", str(args.portrait), str(pose), "--crop", "--size",
                         str(args.size), "--fps", str(args.fps), "--device", args.device, "-o", str(tmp / "cli.mp4"),
-                        "-q", "--json"], check=True, capture_output=True, text=True)
+                        "-q", "--json", *extra], check=True, capture_output=True, text=True)
         full = time.perf_counter() - t
         res["cli_frames"] = json.loads(proc.stdout)["outputs"][0]["frames"]
         res["cli_end_to_end_s"] = round(full, 2)

@@ -1,37 +1,42 @@
 """Contact sheets: look at audio2video output as a user would.
 
-For each (portrait, speech) pair, renders the first seconds with `a2p audio2video`, then writes one
+For each (portrait, speech) pair, renders the first seconds with audio2video (the library call), then writes one
 PNG: a row of frames every `--step` seconds (face crop, full resolution), and under it two curves
 over the same time axis: the speech loudness (dB, grey) and the output's mouth opening measured by
 MediaPipe on the rendered video (inner-lip gap over eye-corner distance, red). Pauses in the speech
 must show a closed mouth; syllables must open it.
 
-    python benchmarks/contact_sheet.py PORTRAIT SPEECH [PORTRAIT SPEECH ...] [--seconds 4] [--out sheets]
+    python benchmarks/contact_sheet.py PORTRAIT SPEECH [PORTRAIT SPEECH ...] [--seconds 4] [--out sheets] [--mouth]
+        [--mouth-model DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's a2p
 
-def render(portrait: Path, speech: Path, seconds: float, tmp: Path) -> Path:
+
+def render(portrait: Path, speech: Path, seconds: float, tmp: Path, mouth_model: str | None = None) -> Path:
+    """The first `seconds` of `speech` spoken by `portrait` (audio2video, seed 0, at most 512 px), into `tmp`."""
+    from a2pcli import OutputOptions, PortraitOptions, RenderOptions, TalkJob, audio2video
     from a2pcli.audio import SAMPLE_RATE, load_audio, write_wav
 
     audio = load_audio(speech, SAMPLE_RATE, duration_s=seconds)
     cut = write_wav(tmp / f"{speech.stem}.wav", audio)
     out = tmp / f"{portrait.stem}_{speech.stem}.mp4"
-    subprocess.run([sys.executable, "-m", "a2pcli", "audio2video", str(portrait), str(cut), "-o", str(out),
-                    "--max-size", "512", "--seed", "0", "--progress", "none", "--overwrite"], check=True)
+    job = TalkJob(seed=0, portrait=PortraitOptions(max_size=512), render=RenderOptions(mouth_model=mouth_model),
+                  output=OutputOptions(overwrite=True))
+    audio2video(portrait, cut, out, job)
     return out
 
 
-def sheet(video: Path, speech: Path, seconds: float, step: float, label: str) -> np.ndarray:
+def sheet(video: Path, speech: Path, seconds: float, step: float, label: str, mouth: bool = False) -> np.ndarray:
     import cv2
     import imageio_ffmpeg
 
@@ -61,6 +66,19 @@ def sheet(video: Path, speech: Path, seconds: float, step: float, label: str) ->
         cv2.putText(f, f"{t:.1f}s", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
         tiles.append(f)
     row = np.concatenate(tiles, axis=1)
+    if mouth:  # a second row: the mouth, magnified
+        from a2pcli import facemesh as fm
+
+        lips = lm0[fm.LIPS, :2]
+        mx, my = lips.mean(0)
+        mside = max(np.ptp(lips[:, 0]), 1.0) * 1.8
+        mbox = [int(max(mx - mside / 2, 0)), int(max(my - mside / 2, 0)), int(min(mx + mside / 2, w)),
+                int(min(my + mside / 2, h))]
+        zoom = []
+        for t in times:
+            f = frames[min(int(round(t * fps)), len(frames) - 1)][mbox[1]:mbox[3], mbox[0]:mbox[2]]
+            zoom.append(cv2.resize(np.ascontiguousarray(f), (tile, tile), interpolation=cv2.INTER_CUBIC))
+        row = np.concatenate([row, np.concatenate(zoom, axis=1)], axis=0)
     width = row.shape[1]
 
     audio = load_audio(speech, SAMPLE_RATE, duration_s=seconds)
@@ -94,6 +112,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--step", type=float, default=0.2, help="seconds between frames on the sheet")
     ap.add_argument("--out", type=Path, default=Path("sheets"))
+    ap.add_argument("--mouth", action="store_true", help="add a row of the mouth, magnified")
+    ap.add_argument("--mouth-model", default=None, help="the mouth model: a registry name or a folder (default: "
+                    "the shipped one)")
     args = ap.parse_args()
     if len(args.pairs) % 2:
         ap.error("give PORTRAIT SPEECH pairs")
@@ -102,8 +123,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as td:
         for portrait, speech in zip(args.pairs[::2], args.pairs[1::2]):
-            video = render(portrait, speech, args.seconds, Path(td))
-            img = sheet(video, speech, args.seconds, args.step, f"{portrait.name} + {speech.name}")
+            video = render(portrait, speech, args.seconds, Path(td), args.mouth_model)
+            img = sheet(video, speech, args.seconds, args.step, f"{portrait.name} + {speech.name}", args.mouth)
             dest = args.out / f"{portrait.stem}__{speech.stem}.png"
             cv2.imwrite(str(dest), img[..., ::-1])
             print(dest)

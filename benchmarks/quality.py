@@ -69,6 +69,34 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(min(PSNR_CAP, 10 * np.log10(255.0**2 / mse)))
 
 
+def luma(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W) float64 BT.601 luma, 0..255."""
+    return img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of the luma of two (H, W, 3) uint8 images (Wang et al. 2004: Gaussian window 11, sigma 1.5,
+    K1 0.01, K2 0.03, data range 255; borders reflected)."""
+    import cv2
+
+    x, y = luma(a), luma(b)
+
+    def blur(v):
+        return cv2.GaussianBlur(v, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    return float((((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))).mean())
+
+
+def laplacian_variance(img: np.ndarray) -> float:
+    """Sharpness: the variance of the 3x3 Laplacian of the luma of an (H, W, 3) image."""
+    import cv2
+
+    return float(cv2.Laplacian(luma(img), cv2.CV_64F).var())
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Correlation over the entries finite in both; NaN when either side is constant or < 3 entries."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -93,6 +93,9 @@ def made(tmp_path_factory) -> Path:
     cv2.imwrite(str(folder / "noface.png"), np.full((128, 128, 3), 90, np.uint8))
     (folder / "notes.txt").write_text("a file, not a folder\n")
     (folder / "clips").mkdir()
+    (folder / "badmouth").mkdir()  # a mouth model folder whose files are not a model
+    (folder / "badmouth" / "config.json").write_text("{}")
+    (folder / "badmouth" / "model.safetensors").write_bytes(b"not a model")
 
     pose = _pose_arrays()
     _write_pose(folder / "motion.pose")
@@ -147,6 +150,10 @@ CASES = [
     ((*A2V, "--renderer", "aniportrait", "--steps", "100000"), "--steps", 2),
     ((*A2V, "--renderer", "aniportrait", "--cfg", "nan"), "--cfg", 2),
     ((*A2V, "--renderer", "aniportrait", "--acc", "1000"), "--acc", 2),
+    # the embedded renderer's mouth model
+    ((*A2V, "--mouth-model", "nosuch"), "nosuch", EXIT_MODEL),
+    ((*A2V, "--renderer", "aniportrait", "--mouth-model", "badmouth"), "--mouth-model", 2),
+    ((*P2V, "--mouth-model", "badmouth"), "a2p models verify", EXIT_MODEL),
     # audio2video's files
     ((*A2V, "--pose", "nan.pose"), "nan.pose", 2),
     ((*A2V, "--pose", "nan.npy"), "nan.npy", 2),
@@ -194,6 +201,9 @@ CASES = [
     ((*TRAIN, "--batch-size", "-1"), "--batch-size", 2),
     ((*TRAIN, "--seed", "-1"), "--seed", 2),
     ((*TRAIN, "--resume", "missing.pt"), "missing.pt", 2),
+    (("train", "mouth", "--data", "missing", "-o", "model"), "missing", 2),
+    (("train", "mouth", "--data", "clips", "-o", "model", "--batch-size", "0"), "--batch-size", 2),
+    (("train", "mouth", "--data", "clips", "-o", "model", "--poses", "missing"), "missing", 2),
     (("train", "all", "--data", "missing", "-o", "models"), "missing", 2),
     ((*ALL, "--seed", "-1"), "--seed", 2),
     ((*ALL, "--only", "nosuch"), "--only", 2),

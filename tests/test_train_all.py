@@ -20,10 +20,13 @@ TOY = Component("tests.toy_trainer:train", ("tiny", "default"))
 @pytest.fixture
 def clips(tmp_path):
     from a2pcli.train.clips import data_cache_dir
+    from a2pcli.train.mouth.synthetic import make_synthetic_samples
     from a2pcli.train.synthetic import make_synthetic_data
 
     root = tmp_path / "clips"
-    make_synthetic_data(root, data_cache_dir(), speakers=2, clips_per_speaker=2, seconds=3.0, max_clip_s=(2.0,))
+    sources = make_synthetic_data(root, data_cache_dir(), speakers=2, clips_per_speaker=2, seconds=3.0,
+                                  max_clip_s=(2.0,))
+    make_synthetic_samples(sources, data_cache_dir())  # the mouth model's samples of the same stand-in clips
     return root
 
 
@@ -40,6 +43,7 @@ def unusable(tmp_path):
 @pytest.mark.slow
 def test_train_all_trains_every_component_with_the_tiny_presets(clips, tmp_path):
     from a2pcli.audio2motion import load_model
+    from a2pcli.mouthnet import load_model as load_mouth_model
 
     models = tmp_path / "models"
     proc = run_a2p("train", "all", "--data", clips, "-o", models, "--preset", "tiny", "--device", "cpu",
@@ -49,6 +53,9 @@ def test_train_all_trains_every_component_with_the_tiny_presets(clips, tmp_path)
     row = s["components"]["audio2motion"]
     assert row["status"] == "ok" and row["summary"]["steps"] == 6 and set(row["seconds"]) == {"prepare", "train"}
     load_model(str(models / "audio2motion"))
+    row = s["components"]["mouth"]
+    assert row["status"] == "ok" and row["summary"]["steps"] == 6 and row["data"]["clips"] == 4
+    load_mouth_model(str(models / "mouth"))
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     stages = {e.get("stage") for e in events if e["event"] == "progress"}
     assert {"audio2motion: prepare data (landmarks + features, cached)", "audio2motion: train"} <= stages
@@ -72,9 +79,10 @@ def test_when_every_component_fails_the_exit_code_says_so_and_no_folder_is_left(
     proc = run_a2p("train", "all", "--data", unusable, "-o", models, "--preset", "tiny", "--device", "cpu", "--json")
     assert proc.returncode == 2, proc.stderr
     s = json.loads(proc.stdout)
-    assert s["failed"] == ["audio2motion"] and s["components"]["audio2motion"]["status"] == "failed"
+    assert s["failed"] == list(COMPONENTS) and s["components"]["audio2motion"]["status"] == "failed"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: audio2motion: ") and "usable clip" in errors[0]
+    assert len(errors) == len(COMPONENTS) and all("usable clip" in e for e in errors)
+    assert errors[0].startswith("error: audio2motion: ")
     assert not (tmp_path / "new").exists()
 
 

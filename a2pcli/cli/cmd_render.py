@@ -86,6 +86,11 @@ RendererOpt = Annotated[
         "(its weights via `a2p models`, a GPU recommended).",
     ),
 ]
+MouthModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--mouth-model", help="The embedded renderer's mouth model: a registry name or a folder from "
+                 "`a2p train mouth` (default: the shipped one)."),
+]
 Steps = Annotated[
     int, typer.Option("--steps", help=f"Denoising steps of the aniportrait renderer, {span(limits.STEPS)}.")
 ]
@@ -148,12 +153,13 @@ Portrait = Annotated[Path, typer.Argument(help="Portrait image (one face, roughl
 # --- flags -> options -------------------------------------------------------------------------------------
 
 
-def render_options(*, renderer, device, batch_size, steps, cfg, low_vram, weights, dtype, scheduler, clean, acc,
-                   compile_) -> RenderOptions:
+def render_options(*, renderer, device, batch_size, mouth_model, steps, cfg, low_vram, weights, dtype, scheduler,
+                   clean, acc, compile_) -> RenderOptions:
     diffusion = DiffusionOptions(steps=steps, cfg=cfg, dtype=dtype, low_vram=low_vram, scheduler=scheduler,
                                  compat=not clean, acc=acc, compile=compile_,
                                  weights=str(weights) if weights is not None else None)
-    return RenderOptions(renderer=RendererName(renderer), device=device, batch_size=batch_size, diffusion=diffusion)
+    return RenderOptions(renderer=RendererName(renderer), device=device, batch_size=batch_size, mouth_model=mouth_model,
+                         diffusion=diffusion)
 
 
 def talk_job(*, seed, fps, model, motion, pose, template_region, still, pose_scale, expression_scale, blink_rate,
@@ -250,6 +256,7 @@ def audio2video(
     seed: Seed = TalkJob.seed,
     model: Model = TalkJob.model,
     renderer: RendererOpt = RenderOptions.renderer,
+    mouth_model: MouthModelOpt = RenderOptions.mouth_model,
     motion: Annotated[
         MotionSource,
         typer.Option("--motion", help="Speech-to-motion: a2p (the shipped audio2motion model, see --model) or "
@@ -343,6 +350,7 @@ def vid2vid(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the aniportrait renderer's noise (the embedded "
                                       "renderer draws no random numbers).")] = DriveJob.seed,
     renderer: RendererOpt = RenderOptions.renderer,
+    mouth_model: MouthModelOpt = RenderOptions.mouth_model,
     steps: Steps = DiffusionOptions.steps,
     cfg: Cfg = DiffusionOptions.cfg,
     low_vram: LowVram = DiffusionOptions.low_vram,
@@ -400,6 +408,7 @@ def pose2vid(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the aniportrait renderer's noise (the embedded "
                                       "renderer draws no random numbers).")] = DriveJob.seed,
     renderer: RendererOpt = RenderOptions.renderer,
+    mouth_model: MouthModelOpt = RenderOptions.mouth_model,
     steps: Steps = DiffusionOptions.steps,
     cfg: Cfg = DiffusionOptions.cfg,
     low_vram: LowVram = DiffusionOptions.low_vram,

@@ -1,8 +1,9 @@
 """`a2p train <component>` and `a2p train all`: train a2p's models on talking videos.
 
-`a2p train audio2motion` parses, then calls a2pcli.train.audio2motion.train, which checks the inputs (a missing
-folder -> exit 2, naming it), prepares the data (cached), trains, validates each epoch, checkpoints and exports
-the model folder. Under torchrun every process runs the command; rank 0 alone shows progress and the summary.
+`a2p train audio2motion` (and `a2p train mouth`) parses, then calls a2pcli.train.audio2motion.train (and
+a2pcli.train.mouth.train), which checks the inputs (a missing folder -> exit 2, naming it), prepares the data
+(cached), trains, validates each epoch, checkpoints and exports the model folder.
+Under torchrun every process runs the command; rank 0 alone shows progress and the summary.
 `a2p train all` calls a2pcli.train.suite.train_all.
 """
 
@@ -156,6 +157,67 @@ def _human_audio2motion(s: dict) -> str:
             f"{s['elapsed_s']:.0f} s")
 
 
+PosesDirs = Annotated[
+    Optional[list[Path]],
+    typer.Option("--poses", help="Folder of .pose files named after the videos (a2p extract-pose output), used "
+                 "instead of finding the landmarks again when made from the same file. Repeat for several.",
+                 show_default=False),
+]
+
+
+def mouth(
+    data: DataDirs,
+    output: ModelDir,
+    preset: PresetOpt = PresetName.default,
+    epochs: Epochs = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Mouth crops per step (default: "
+                                                      "the preset's).")] = None,
+    lr: LearningRate = None,
+    val_speakers: ValSpeakers = None,
+    poses: PosesDirs = None,
+    resume: Resume = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Train the mouth model (lips, teeth, tongue of the embedded renderer) on talking videos.
+
+    Self-reenactment: a frame of each video is the portrait, its other frames drive it and are the truth.
+    Speech is not needed. The prepared mouth crops are cached (the a2p cache's train-data).
+
+    \b
+    On one GPU (or the CPU, slowly; --preset tiny checks the set-up in seconds):
+      a2p train mouth --data clips/ -o my-mouth
+    Continue an interrupted run:
+      a2p train mouth --data clips/ -o my-mouth --resume my-mouth
+    On the 4 GPUs of this machine (--batch-size is the whole step's, shared out):
+      torchrun --standalone --nproc-per-node 4 -m a2pcli train mouth --data clips/ -o my-mouth
+
+    Use the result with `--mouth-model my-mouth` (audio2video, vid2vid, pose2vid).
+    """
+    from functools import partial
+
+    from a2pcli.train.mouth import train
+
+    opts = train_options(data, output, preset.value, epochs, batch_size, lr, val_speakers, resume, seed, device)
+    run_trainer("mouth", partial(train, poses=tuple(poses or ())), opts, progress, quiet, json_out, _human_mouth)
+
+
+def _human_mouth(s: dict) -> str:
+    v = s.get("validation") or {}
+    metrics = ""
+    if "val_ssim" in v:
+        metrics = (f"; validation mouth crops SSIM {v['val_ssim']:.3f} (warp alone {v['val_ssim_warp']:.3f}), "
+                   f"PSNR {v['val_psnr']:.2f} dB (warp alone {v['val_psnr_warp']:.2f}), "
+                   f"sharpness x{v['val_sharpness']}")
+    d = s["data"]
+    return (f"{s['output']}: {s['epochs']} epochs ({s['steps']} steps) on {d['train']['samples']} samples of "
+            f"{d['train']['speakers']} speakers, {d['val']['speakers']} speakers held out{metrics}; "
+            f"{s['elapsed_s']:.0f} s")
+
+
 ModelsDir = Annotated[
     Path,
     typer.Option("--output", "-o", help="Folder of models to write: one model folder per component in it.",
@@ -233,5 +295,6 @@ def _human_all(s: dict) -> str:
 def register(app: typer.Typer) -> None:
     train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
     train_app.command("audio2motion")(audio2motion)
+    train_app.command("mouth")(mouth)
     train_app.command("all")(train_all)
     app.add_typer(train_app, name="train", help=TRAIN_HELP)

@@ -13,11 +13,12 @@ from a2pcli.progress import Reporter
 
 
 class Models:
-    """audio2motion models (by name and device), the face reference, and one set of AniPortrait networks
-    (by weights, dtype and device; a different set replaces it)."""
+    """audio2motion and mouth models (by name and device), the face reference, and one set of AniPortrait
+    networks (by weights, dtype and device; a different set replaces it)."""
 
     def __init__(self):
         self._audio2motion: dict[tuple[str, str], object] = {}
+        self._mouth: dict[tuple[str, str], object] = {}
         self._reference = None
         self._aniportrait_key: tuple | None = None
         self._aniportrait = None
@@ -30,6 +31,16 @@ class Models:
 
             self._audio2motion[key] = load_model(name_or_path, device=device)
         return self._audio2motion[key]
+
+    def mouth(self, name_or_path: str | None = None, device: str = "cpu"):
+        """mouthnet.MouthModel: the embedded renderer's mouth model, the shipped one, a registry name or a model
+        folder (verified when loaded)."""
+        key = (str(name_or_path), device)
+        if key not in self._mouth:
+            from a2pcli.mouthnet import load_model
+
+            self._mouth[key] = load_model(name_or_path, device=device)
+        return self._mouth[key]
 
     def reference(self):
         """headpose.FaceReference: the shipped frontal face the head pose is fitted to."""

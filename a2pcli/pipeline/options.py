@@ -60,12 +60,13 @@ class TemplateRegion(str, Enum):
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """Which renderer draws the frames, and where. `diffusion` holds the diffusion renderer's own knobs (its seed
-    and size are the job's: see `resolved`)."""
+    """Which renderer draws the frames, and where. `mouth_model` is the embedded renderer's; `diffusion` holds the
+    diffusion renderer's own knobs (its seed and size are the job's: see `resolved`)."""
 
     renderer: RendererName = RendererName.embedded
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: str = "auto"  # frames rendered at once: a positive number, or auto (as many as fit)
+    mouth_model: str | None = None  # the embedded renderer's mouth model: a registry name or a folder; None: shipped
     diffusion: DiffusionOptions = field(default_factory=DiffusionOptions)
 
 
@@ -193,7 +194,7 @@ def check_render_values(render: RenderOptions) -> None:
 
 
 def check_render(render: RenderOptions, size: int) -> None:
-    """The renderer's options: those of the diffusion renderer are refused with the embedded one."""
+    """The renderer's options: each renderer's own are refused with the other one."""
     from a2pcli.aniportrait.config import SCHEDULERS
 
     d = render.diffusion
@@ -202,7 +203,11 @@ def check_render(render: RenderOptions, size: int) -> None:
             if used:
                 raise InputError("is an option of the diffusion renderer", subject=flag,
                                  remedy="add --renderer aniportrait, or leave it out")
+        check_model_name(render.mouth_model, "--mouth-model")
         return
+    if render.mouth_model is not None:
+        raise InputError("is an option of the embedded renderer", subject=f"--mouth-model {render.mouth_model}",
+                         remedy="leave it out with --renderer aniportrait")
     if d.scheduler not in SCHEDULERS:
         raise InputError(f"unknown --scheduler {d.scheduler!r}", subject="--scheduler",
                          remedy=f"use {', '.join(SCHEDULERS[:-1])} or {SCHEDULERS[-1]}")
@@ -218,14 +223,15 @@ def check_render(render: RenderOptions, size: int) -> None:
                          "from `a2p models pull aniportrait`")
 
 
-def check_model_name(name_or_path: str | None) -> None:
-    """A --model value must be a registry name or an existing path (no hashing here: that is the run's job)."""
+def check_model_name(name_or_path: str | None, flag: str = "--model") -> None:
+    """A --model (or --mouth-model) value must be a registry name or an existing path (no hashing here: that is the
+    run's job)."""
     if name_or_path is None:
         return
     from a2pcli.registry import load_registry
 
     if name_or_path not in load_registry() and not Path(name_or_path).expanduser().exists():
-        raise ModelError("neither a known model name nor an existing path", subject=name_or_path,
+        raise ModelError("neither a known model name nor an existing path", subject=f"{flag} {name_or_path}",
                          remedy="see `a2p models list`")
 
 

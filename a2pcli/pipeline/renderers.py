@@ -44,7 +44,7 @@ def make_renderer(render: RenderOptions, video: VideoOptions, models: Models | N
     """The renderer `render.renderer` names (its options as `options.resolved` leaves them)."""
     if render.renderer == RendererName.aniportrait:
         return DiffusionVideoRenderer(render.diffusion, render.device, video.crf, models or Models())
-    return WarpVideoRenderer(render.device, render.batch_size, video.crf)
+    return WarpVideoRenderer(render.device, render.batch_size, video.crf, render.mouth_model, models or Models())
 
 
 def bytes_per_frame(portrait_shape: tuple[int, int], unit: float) -> int:
@@ -70,12 +70,15 @@ def plan_batch(batch_size: str, device: str, per_frame: int) -> int:
 
 
 class WarpVideoRenderer:
-    """The embedded renderer, streaming batches of frames into the encoder: memory is bounded for any length."""
+    """The embedded renderer, streaming batches of frames into the encoder: memory is bounded for any length. Its
+    mouth model (`mouth_model`, RenderOptions') is held by `models`."""
 
     name = RendererName.embedded.value
 
-    def __init__(self, device: str = "auto", batch_size: str = "auto", crf: int = VideoOptions.crf):
+    def __init__(self, device: str = "auto", batch_size: str = "auto", crf: int = VideoOptions.crf,
+                 mouth_model: str | None = RenderOptions.mouth_model, models: Models | None = None):
         self.device, self.batch_size, self.crf = device, str(batch_size), crf
+        self.mouth_model, self.models = mouth_model, models or Models()
 
     def render(self, portrait: Portrait, targets: FaceTargets, fps: float, output: Path, audio: AudioTrack | None,
                reporter: Reporter, frames_dir: Path | None = None) -> dict:
@@ -96,7 +99,8 @@ class WarpVideoRenderer:
         reporter.info(f"device: {choice.device} ({choice.name}); {choice.reason}; batches of {batch} frames"
                       + (f", about {vram / 1e9:.1f} GB of GPU memory" if vram else ""), once=True)
 
-        renderer = WarpRenderer(portrait.image, portrait.face, targets, device=choice.device)
+        mouth = self.models.mouth(self.mouth_model, choice.device)
+        renderer = WarpRenderer(portrait.image, portrait.face, targets, device=choice.device, mouth=mouth)
         t_setup = time.perf_counter() - t0
         reporter.stage("render", total=n)
         t1 = time.perf_counter()
@@ -138,11 +142,15 @@ class DiffusionVideoRenderer:
                                         frames_dir=frames_dir, audio=audio, reporter=reporter, models=self.models)
 
 
-def render_frames(portrait: Portrait, targets: FaceTargets, device: str = "cpu",
-                  batch: int = CPU_BATCH) -> Iterator[np.ndarray]:
-    """In-memory rendering with the embedded renderer (evaluation, tests): (B, H, W, 3) uint8 batches."""
+def render_frames(portrait: Portrait, targets: FaceTargets, device: str = "cpu", batch: int = CPU_BATCH,
+                  mouth_model: str | None = RenderOptions.mouth_model, models: Models | None = None,
+                  mouth=None) -> Iterator[np.ndarray]:
+    """In-memory rendering with the embedded renderer (evaluation, tests): (B, H, W, 3) uint8 batches.
+    The mouth is painted by `mouth` (a loaded mouthnet.MouthModel) or else by `mouth_model` (a registry name or
+    a folder; None: the shipped model), loaded through `models`."""
     from a2pcli.render import WarpRenderer
 
-    renderer = WarpRenderer(portrait.image, portrait.face, targets, device=device)
+    mouth = mouth or (models or Models()).mouth(mouth_model, device)
+    renderer = WarpRenderer(portrait.image, portrait.face, targets, device=device, mouth=mouth)
     for start in range(0, len(targets), batch):
         yield renderer.render(targets.slice(start, min(len(targets), start + batch)))

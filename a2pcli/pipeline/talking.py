@@ -163,7 +163,8 @@ class TalkRun:
         from a2pcli.talk import talk_targets
 
         a2m = self.models.audio2motion(job.model)
-        rest = closed_rest(open_mouth_gap(portrait.image, portrait.face), a2m.opening_shape())
+        gap = open_mouth_gap(portrait.image, portrait.face)
+        rest = closed_rest(gap, a2m.opening_shape(), portrait.face.canon)
         return talk_targets(portrait.face, speech.samples, job.fps, speech.frames, speech.lips, job.talk,
                             self.models.reference().mean, self._template, rest, image=portrait.image)
 
