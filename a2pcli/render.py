@@ -8,6 +8,9 @@ points whose displacements are known:
 - a ring further out and the border of the working region stay put: torso and background.
 The spline is evaluated on a coarse grid, upsampled, faded to zero at the border of the working
 region (so the rest of the picture is untouched and no seam can show), and sampled bilinearly.
+With a still background (a2pcli.backdrop: the person found once per portrait), the person is warped
+premultiplied by its alpha over a still plate, so that only head, hair and neck move. The warp keeps the eyes
+as open as the portrait's; an eyelid layer (a2pcli.eyelids) closes them, drawn from the portrait's own lid skin.
 Where the target lips part further than the portrait's, and on every frame of a portrait that shows its
 mouth interior (which must close), the mouth model paints the mouth: from a crop of the warped frame around
 the target lips, the target lip shape, and the portrait's own mouth (mouthnet's module doc); its colour
