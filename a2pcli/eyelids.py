@@ -51,6 +51,7 @@ TONE_REACH = 0.6  # ... fully from this fraction of the way down from where its 
 LASH_OPACITY = 0.9  # the drawn lash line over the lid's skin
 LASH_SKIN = 0.45  # ... its colour at most this bright relative to the lid's skin
 EDGE_PX = 0.8  # softness of the lid's edge, pixels
+SIDE_FADE = 0.2  # of the lid's span: above the eye, its restyled skin fades out over this much at either end
 MIN_OPENING = 0.02  # face units: an eye opened less than this has no eyeball to cover
 # How much of the eye the lid covers for a commanded lid gap (a ratio of the portrait's), so that MediaPipe reads
 # the rendered eye as that open: measured on rendered eyes of seven portraits (photos, paintings, a cartoon), the
@@ -278,8 +279,14 @@ class EyeLid:
         def t(a):
             return torch.as_tensor(np.asarray(a, np.float32), device=device)
 
+        u = np.linspace(*U_RANGE, SAMPLES)
+        on = u[self.bottom > self.top]
+        side = np.zeros(SAMPLES)
+        if len(on):
+            x = np.clip(np.minimum(u - on.min(), on.max() - u) / max(SIDE_FADE * (on.max() - on.min()), 1e-6), 0, 1)
+            side = x * x * (3 - 2 * x)
         return _Lid(t(self.origin), t(self.axis), t(self.normal), self.width,
-                    torch.stack([t(self.top), t(self.bottom), t(self.skin), t(self.lash)]), t(self.lash_rgb),
+                    torch.stack([t(self.top), t(self.bottom), t(self.skin), t(self.lash), t(side)]), t(self.lash_rgb),
                     t(self.tone_rgb), max(0.5 * float((self.bottom - self.top).max()), 1.0))
 
 
@@ -291,7 +298,7 @@ class _Lid:
     axis: object
     normal: object
     width: float
-    curves: object  # (4, SAMPLES): top, bottom, skin, lash
+    curves: object  # (5, SAMPLES): top, bottom, skin, lash, side (0..1: 0 at the lid's ends)
     lash_rgb: object  # (3,)
     tone_rgb: object  # (3,)
     depth: float  # pixels: half the eye's greatest depth (a lid that has come this far down is fully toned)
@@ -315,8 +322,8 @@ class _Lid:
         x = ((u - U_RANGE[0]) / (U_RANGE[1] - U_RANGE[0])).clamp(0.0, 1.0) * k
         i0 = x.floor().clamp(max=k - 1).long()
         w = x - i0
-        c = self.curves[:, i0] * (1 - w) + self.curves[:, i0 + 1] * w  # (4, ...)
-        top, bottom, skin, lash = c[0], c[1], c[2], c[3]
+        c = self.curves[:, i0] * (1 - w) + self.curves[:, i0 + 1] * w  # (5, ...)
+        top, bottom, skin, lash, side = c[0], c[1], c[2], c[3], c[4]
         travel = closure * (bottom - top)  # how far the lid's edge has come down
         edge = top + travel
         # the lid's skin, from `skin` down to the eye's top, stretched down to the edge
@@ -325,6 +332,10 @@ class _Lid:
         src = self.origin + u[..., None] * self.width * self.axis + v_src[..., None] * self.normal
         above = edge - v  # pixels above the lid's edge
         cover = (above / EDGE_PX + 0.5).clamp(0.0, 1.0) * (travel / EDGE_PX).clamp(0.0, 1.0)
+        # over the eye the lid covers fully; above it, where it only restyles skin, it fades out towards its ends
+        # (else its stretched, toned skin ends in hard vertical sides)
+        over_eye = ((v - top) / (0.5 * self.depth) + 1.0).clamp(0.0, 1.0)
+        cover = cover * (side + (1.0 - side) * over_eye)
         ink = ((lash - above) / (0.5 * lash)).clamp(0.0, 1.0) * (travel / lash).clamp(0.0, LASH_OPACITY)
         tone = ((v - skin) / (TONE_REACH * (edge - skin)).clamp_min(1e-3)).clamp(0.0, 1.0)
         tone = LID_TONE * tone * (travel / self.depth).clamp(0.0, 1.0)
