@@ -59,6 +59,31 @@ def test_a_generated_blink_closes_the_eyes_as_mediapipe_sees_them(capsys, tmp_pa
     assert np.all(np.array(after) > 0.8), f"the eyes did not open again: {np.round(after, 2)}"
 
 
+def test_a_closed_lid_covers_the_eye_and_its_skin_fades_out_towards_the_lids_ends():
+    """The lid layer at full closure: every pixel of the eye is covered; above the eye, where the lid only
+    restyles skin, its cover fades to nothing at the lid's ends (no hard vertical sides)."""
+    import torch
+
+    from a2pcli.eyelids import EYES, U_RANGE, EyeLid
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+
+    p = load_portrait(media("sadtalker_happy.png"), PortraitOptions(max_size=256))
+    lid = EyeLid.of(p.image, p.face.landmarks, EYES[0], float(p.face.scale))
+    t = lid.to("cpu")
+    u = np.linspace(*U_RANGE, len(lid.top))
+    on = np.flatnonzero(lid.bottom > lid.top)
+    mid, end = on[len(on) // 2], on[0]
+
+    def cover(k: int, v: float) -> float:
+        pos = lid.origin + u[k] * lid.width * lid.axis + v * lid.normal
+        return float(t.layer(torch.tensor(pos[None], dtype=torch.float32), 1.0)[1][0])
+
+    middle_of_eye = 0.5 * (lid.top[mid] + lid.bottom[mid])
+    assert cover(mid, middle_of_eye) > 0.99, "the closed lid leaves the eye uncovered"
+    above = 0.5 * (lid.skin[end] + lid.top[end])  # halfway up the stretched lid skin
+    assert cover(mid, 0.5 * (lid.skin[mid] + lid.top[mid])) > 0.99 and cover(end, above) < 0.05
+
+
 def test_blink_times_follow_the_seed_the_speech_and_the_portrait():
     from a2pcli.talk import TalkOptions, blink_schedule
 
