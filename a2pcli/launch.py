@@ -5,9 +5,11 @@
     pin_gpu(gpu)                             # ... made its only visible GPU, before CUDA starts
     join_process_group(launch, "gloo", timeout_s=3600)   # torch.distributed's default group, left at exit
     rows = all_gather_json(row)              # every process's JSON-able value, in rank order
+    job = broadcast_json(job)                # rank 0's value on every process (the others pass None)
 
-Training (a2pcli.train.core: DistributedDataParallel over NCCL or gloo) and batches (a2pcli.pipeline.shards:
-every process its share of the jobs, gloo only to meet at the end) both start from here. Reading the
+Training (a2pcli.train.core: DistributedDataParallel over NCCL or gloo), batches (a2pcli.pipeline.shards:
+every process its share of the jobs, gloo only to meet at the end) and one clip of the diffusion renderer on
+every process (a2pcli.aniportrait.split: NCCL for the steps, gloo for the inputs) all start from here. Reading the
 environment initialises nothing; torch is imported by the functions that need it.
 """
 
@@ -106,8 +108,9 @@ def pin_gpu(gpu: str) -> None:
 
 
 def join_process_group(launch: Launch, backend: str, timeout_s: float) -> None:
-    """torch.distributed's default group (torchrun's MASTER_ADDR/MASTER_PORT) with `backend` ("gloo" or
-    "nccl"); a collective waits up to `timeout_s` for the slowest process. Left again at exit."""
+    """torch.distributed's default group (torchrun's MASTER_ADDR/MASTER_PORT) with `backend` ("gloo", "nccl", or
+    one per device type: "cpu:gloo,cuda:nccl"); a collective waits up to `timeout_s` for the slowest process.
+    Left again at exit."""
     import atexit
     from datetime import timedelta
 
@@ -120,10 +123,11 @@ def join_process_group(launch: Launch, backend: str, timeout_s: float) -> None:
         if dist.get_world_size() != launch.world_size or dist.get_rank() != launch.rank:
             raise EnvironmentProblem("a process group of another shape is already running", subject="torchrun")
         return
-    available = dist.is_nccl_available() if backend == "nccl" else dist.is_gloo_available()
-    if not available:
-        raise EnvironmentProblem(f"this torch build lacks the {backend} backend", subject="torchrun",
-                                 remedy="install the official torch build")
+    for name in (part.split(":")[-1] for part in backend.split(",")):  # "gloo", or "cpu:gloo,cuda:nccl"
+        available = dist.is_nccl_available() if name == "nccl" else dist.is_gloo_available()
+        if not available:
+            raise EnvironmentProblem(f"this torch build lacks the {name} backend", subject="torchrun",
+                                     remedy="install the official torch build")
     dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
                             timeout=timedelta(seconds=timeout_s))
     atexit.register(leave_process_group)
@@ -153,6 +157,30 @@ def all_gather_json(value) -> list:
     chunks = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
     dist.all_gather(chunks, padded)
     return [json.loads(bytes(c[: int(n)].tolist()).decode()) for c, n in zip(chunks, sizes)]
+
+
+def broadcast_bytes(data: bytes | None, src: int = 0) -> bytes:
+    """Rank `src`'s `data` on every process (the others pass None), over the default group's CPU backend."""
+    import torch
+    import torch.distributed as dist
+
+    mine = dist.get_rank() == src
+    size = torch.tensor([len(data) if mine else 0], dtype=torch.int64)
+    dist.broadcast(size, src)
+    n = int(size)
+    if n == 0:
+        return b""
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if mine else torch.empty(n, dtype=torch.uint8)
+    dist.broadcast(buf, src)
+    return data if mine else buf.numpy().tobytes()
+
+
+def broadcast_json(value=None, src: int = 0):
+    """Rank `src`'s JSON-able `value` on every process, sent as UTF-8 JSON bytes (no pickle)."""
+    import torch.distributed as dist
+
+    data = json.dumps(value).encode() if dist.get_rank() == src else None
+    return json.loads(broadcast_bytes(data, src).decode())
 
 
 def barrier() -> None:

@@ -1,11 +1,13 @@
-"""Speech -> face motion for one portrait: lips from the audio2motion model, blinks, breathing, and head
-motion generated from the speech's prosody (or taken from a template), as target landmarks for the
+"""Speech -> face motion for one portrait: lips from the audio2motion model, head motion from the
+audio2pose model (or a template, or the hand-made rule), blinks and breathing, as target landmarks for the
 renderer.
 
-    tgt, notes = talk_targets(face, audio16k, fps, n, lips, TalkOptions(), ref_mean)
+    head = audio2pose.load_model().generate(audio16k, fps, n, seed)       # or None: --still, --pose, rule
+    tgt, notes = talk_targets(face, audio16k, fps, n, lips, TalkOptions(), ref_mean, head_motion=head)
 
-Everything here is cheap next to rendering (a few ms per second of video): head motion is a sum of
-seeded slow sinusoids shaped by the speech's loudness, not a network.
+Everything here is cheap next to rendering (a few ms per second of video). `rule_head` is the hand-made
+head motion (`--head rule`): a sum of seeded slow sinusoids shaped by the speech's loudness, smaller and
+calmer than a real talker's; it needs no model.
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ PAUSE_BELOW_DB = 25.0  # a pause: this far below the speech's loud frames (its 9
 PAUSE_MIN_S = 0.25  # ... lasting at least this long (not the gap before a stop consonant)
 PAUSE_SMOOTH_S = 0.15  # the pause weight spreads this far into the speech on either side: phrase boundaries
 BREATH_HZ, BREATH_UNITS = 0.22, 0.006  # a slow rise and fall of the head, face units
-# generated head motion: amplitude (degrees) of yaw, pitch, roll wander, and of the nods on stressed speech
+# the hand-made head motion (rule_head): amplitude (degrees) of yaw, pitch, roll wander, and of the nods on
+# stressed speech
 WANDER_DEG = np.array([3.2, 2.0, 1.3])
 WANDER_HZ = (0.07, 0.45)
 NOD_DEG = 2.2
 CROSSFADE_S = 0.5  # template loops: cross-faded joins
+HEAD_MODEL, HEAD_RULE = "audio2pose", "rule"  # TalkOptions.head: the shipped model, or the hand-made rule
 TARGET_CHUNK = 1000  # frames of target landmarks computed at a time (bounded temporaries for any length)
 
 
 @dataclass(frozen=True)
 class TalkOptions:
     template: Path | None = None  # head motion from a .pose / .npy instead of generating it
+    head: str = HEAD_MODEL  # generated head motion: "audio2pose", a registry name or a model folder, or "rule"
     template_region: str = "pose"  # pose, pose+eyes, pose+eyes+brows
     still: bool = False
     pose_scale: float = 1.0
@@ -165,9 +170,9 @@ def blink_delta(canon: np.ndarray, closure: np.ndarray) -> np.ndarray:
     return delta
 
 
-def generated_head(audio_db: np.ndarray, fps: float, rng: np.random.Generator) -> np.ndarray:
-    """(T, 3) yaw, pitch, roll degrees: slow seeded wander, livelier while speaking, small nods on
-    stressed syllables; zero-mean, no drift."""
+def rule_head(audio_db: np.ndarray, fps: float, rng: np.random.Generator) -> np.ndarray:
+    """The hand-made head motion: (T, 3) yaw, pitch, roll degrees: slow seeded wander, livelier while
+    speaking, small nods on stressed syllables; zero-mean, no drift."""
     n = len(audio_db)
     t = np.arange(n) / fps
     euler = np.zeros((n, 3), np.float64)
@@ -223,13 +228,21 @@ def template_motion(motion: Motion, n: int, fps: float) -> tuple[np.ndarray, np.
     return rel, shift, expr
 
 
+def uses_head_model(opts: TalkOptions) -> bool:
+    """Whether the head motion comes from an audio2pose model (not --still, --pose or the rule)."""
+    return not opts.still and opts.template is None and opts.head != HEAD_RULE
+
+
 def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips: np.ndarray, opts: TalkOptions,
-                 ref_mean: np.ndarray, template: Motion | None = None,
-                 rest: np.ndarray | None = None, image: np.ndarray | None = None) -> tuple[FaceTargets, list[str]]:
+                 ref_mean: np.ndarray, template: Motion | None = None, rest: np.ndarray | None = None,
+                 head_motion: np.ndarray | None = None, image: np.ndarray | None = None
+                 ) -> tuple[FaceTargets, list[str]]:
     """Target landmarks and pose for n frames of speech. `lips`: (n, 478, 3) expression deltas from the
     audio2motion model; `rest`: (478, 3) delta from the portrait to the closed mouth they are relative to
-    (mouth.closed_rest), None for a portrait whose mouth is closed; `image`: the portrait's pixels, which (with
-    the seed and the speech) decide when it blinks (blink_seed)."""
+    (mouth.closed_rest), None for a portrait whose mouth is closed; `head_motion`: (n, 5) yaw, pitch, roll
+    (degrees), x, y (face units) relative to the portrait, from audio2pose.Audio2PoseModel.generate (used without
+    --still or a template; None there: the hand-made rule); `image`: the portrait's pixels, which (with the seed
+    and the speech) decide when it blinks (blink_seed)."""
     notes: list[str] = []
     rng = np.random.default_rng(opts.seed)
     db = loudness(audio, fps, n)
@@ -255,10 +268,17 @@ def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips
                 expr_w = (w * (1 - lips_w))[None, :, None]  # the lips always follow the speech
         if len(template) * fps / template.fps < n:
             notes.append("the head-motion template is shorter than the audio: it is played back and forth")
+    elif head_motion is not None:
+        from a2pcli.headpose import matrix_from_euler
+
+        if head_motion.shape != (n, 5) or not np.isfinite(head_motion).all():
+            raise ValueError(f"head_motion must be ({n}, 5) finite values, got {head_motion.shape}")
+        rel = matrix_from_euler(head_motion[:, :3])
+        shift[:, :2] = head_motion[:, 3:5]
     else:
         from a2pcli.headpose import matrix_from_euler
 
-        rel = matrix_from_euler(generated_head(db, fps, rng))
+        rel = matrix_from_euler(rule_head(db, fps, rng))
     rel = rotation_power(rel.astype(np.float32), opts.pose_scale) if not opts.still else rel
     t = np.arange(n) / fps
     shift = shift * opts.pose_scale

@@ -111,8 +111,8 @@ def build(device: str, dtype) -> tuple:
     return build_models(configs, weights, dtype=dtype, device=device)
 
 
-def pose_frames(n: int, size: int, pose: Path | None) -> list[np.ndarray]:
-    from a2pcli.aniportrait.render import landmark_images
+def pose_landmarks(n: int, pose: Path | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(n, 478, 3) landmarks of a real motion (looped to n frames) and the (W, H) of its frames."""
     from a2pcli.motion import load_motion
 
     path = pose
@@ -124,8 +124,14 @@ def pose_frames(n: int, size: int, pose: Path | None) -> list[np.ndarray]:
     if path is None:
         raise SystemExit("give --pose FILE.pose (a2p extract-pose ../shared/media/liveportrait_d3.mp4)")
     m = load_motion(path)
-    lm = m.landmarks[np.arange(n) % len(m.landmarks)]
-    return list(landmark_images(lm, tuple(m.frame_size), (size, size)))
+    return m.landmarks[np.arange(n) % len(m.landmarks)], tuple(m.frame_size)
+
+
+def pose_frames(n: int, size: int, pose: Path | None) -> list[np.ndarray]:
+    from a2pcli.aniportrait.render import landmark_images
+
+    lm, frame_size = pose_landmarks(n, pose)
+    return list(landmark_images(lm, frame_size, (size, size)))
 
 
 def _lists(text: str, cast=str) -> list:

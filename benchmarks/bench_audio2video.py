@@ -164,11 +164,11 @@ def main() -> None:
     t = np.arange(60) / 30
     np.save(template, np.stack([np.zeros_like(t), 8 * np.sin(t), 0 * t, 0 * t, 0 * t, 0 * t], 1).astype(np.float32))
 
-    # the model alone, in this process (features + network), and the generated head motion alone
+    # the model alone, in this process (features + network), and the head-motion model alone
     from a2pcli.pipeline.models import Models
-    from a2pcli.talk import generated_head, loudness
 
-    model = Models().audio2motion()
+    models = Models()
+    model = models.audio2motion()
     model.predict(speech, 25.0)  # warm-up at full length (allocations)
     runs = []
     for _ in range(3):
@@ -176,8 +176,9 @@ def main() -> None:
         model.predict(speech, 25.0)
         runs.append(time.perf_counter() - t0)
     model_s = float(np.median(runs))
+    pose_model = models.audio2pose()
     t0 = time.perf_counter()
-    generated_head(loudness(speech, 25.0, int(args.seconds * 25)), 25.0, np.random.default_rng(0))
+    pose_model.generate(speech, 25.0, int(args.seconds * 25), seed=0)
     head_s = time.perf_counter() - t0
 
     common = ["audio2video", str(args.portrait), str(wav), "--crop", "--size", "512", "--device", args.device]
@@ -185,7 +186,7 @@ def main() -> None:
         "seconds_of_speech": args.seconds,
         "model_s": round(model_s, 3),
         "model_x_realtime": round(args.seconds / max(model_s, 1e-9), 1),
-        "generated_head_motion_s": round(head_s, 4),
+        "head_motion_model_s": round(head_s, 4),
         "generated": timed_cli(common + ["-o", str(tmp / "gen.mp4")]),
         "template": timed_cli(common + ["--pose", str(template), "-o", str(tmp / "tpl.mp4")]),
     }

@@ -182,6 +182,7 @@ CASES = [
     ((*P2V, "--pose-scale", "-1"), "--pose-scale", 2),
     ((*P2V, "--audio", "missing.wav"), "missing.wav", 2),
     ((*P2V, "--frames-dir", "notes.txt"), "notes.txt", 2),
+    ((*P2V, "--split", "cfg"), "--split", 2),  # an option of the diffusion renderer
     # extract-pose
     ((*XP, "--fps", "100000"), "--fps", 2),
     ((*XP, "--fps", "0"), "--fps", 2),
@@ -215,6 +216,7 @@ CASES = [
     # usage: what click refuses before a job is made
     ((*P2V, "--fps", "abc"), "--fps", 2),
     ((*A2V, "--loudness", "3"), "--loudness", 2),
+    ((*P2V, "--renderer", "aniportrait", "--split", "rows"), "--split", 2),
     (("vid2vid", "face.jpg"), "DRIVING", 2),
 ]
 
@@ -229,11 +231,13 @@ MANIFESTS = {  # one bad line each (and a good job that must not run before it i
     "size without crop": {"command": "pose2vid", "portrait": "face.jpg", "motion": "motion.pose", "size": 256},
     "bad motion file": {"command": "pose2vid", "portrait": "face.jpg", "motion": "nan.pose"},
     "short speech": {"command": "audio2video", "portrait": "face.jpg", "audio": "short.wav"},
+    "split in a manifest": {"command": "pose2vid", "portrait": "face.jpg", "motion": "motion.pose",
+                            "renderer": "aniportrait", "split": "cfg"},  # a batch gives each job one process
 }
 MANIFEST_NAMES = {"not json": "not JSON", "unknown command": "lipsync", "missing input": "'audio'",
                   "unknown option": "loudness", "fps out of range": "--fps", "seed out of range": "--seed",
                   "nan smoothing": "--smooth", "size without crop": "--size", "bad motion file": "nan.pose",
-                  "short speech": "short.wav"}
+                  "short speech": "short.wav", "split in a manifest": "split"}
 
 
 def _fingerprint(folder: Path, leave_out: str = "") -> dict[str, str]:

@@ -14,6 +14,9 @@ pose2vid's stored motion). This module
 5. samples (`sampler.Pose2VideoSampler`: progress after every window of every step) and decodes the
    latents a few frames at a time straight into the encoder, so host memory stays bounded.
 
+With `models.clip_group` (several processes under torchrun, a2pcli.aniportrait.split) step 5 first sends
+the clip to the other processes (`send_clip`), which take their share of it (`render_share`).
+
     render_video_aniportrait(portrait, targets, fps, output, DiffusionOptions(), device=..., audio=..., models=...)
     vram_estimate(width, height, dtype, low_vram) -> bytes
 """
@@ -91,6 +94,7 @@ class DiffusionOptions:
     decode_batch: int = 8
     acc: int = 1  # diffuse every acc-th frame, interpolate the rest (a2pcli.interpolate)
     compile: bool = False  # torch.compile the denoiser (GPU)
+    split: str = "auto"  # one clip on several processes (torchrun): windows, cfg or auto (a2pcli.aniportrait.split)
 
 
 def output_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -238,6 +242,40 @@ def sampler_config(dopts: DiffusionOptions, width: int, height: int, dtype: str)
     return cfg.validate()
 
 
+def _diffused_landmarks(landmarks: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+    """(K, 468, 2) landmarks of the diffused frames: what LandmarkImages draws."""
+    return np.ascontiguousarray(np.asarray(landmarks)[np.asarray(keys), :468, :2])
+
+
+def send_clip(group, config, ref_image: np.ndarray, landmarks: np.ndarray, src_size: tuple[int, int],
+              settings: dict):
+    """Rank 0 of a ClipGroup: everything the other processes need to take their share of the clip (the
+    sampler's config, the models' settings, the reference image, the landmarks (K, 468, 2) of the frames to
+    diffuse in pixels of a `src_size` image); returns rank 0's share (a2pcli.aniportrait.split.ClipShare)."""
+    import dataclasses
+
+    from a2pcli.aniportrait.split import plan_split
+    from a2pcli.aniportrait.windows import context_windows
+
+    windows = context_windows(len(landmarks), config.context_frames, config.context_overlap, config.context_stride,
+                              config.windows)
+    share = plan_split(settings["split"], group.launch.world_size, len(windows), config.do_cfg)
+    header = {**settings, "mode": share.mode, "config": dataclasses.asdict(config), "src_size": list(src_size)}
+    group.send_clip(header, {"ref_image": np.ascontiguousarray(ref_image), "landmarks": landmarks})
+    return share
+
+
+def render_share(models, header: dict, arrays: dict, share) -> None:
+    """The other processes of a ClipGroup: this process's share of the clip rank 0 sent (its sampler with
+    rank 0's config on the same reference image and landmark images), nothing decoded or written."""
+    from a2pcli.aniportrait.config import AniPortraitConfig
+    from a2pcli.aniportrait.sampler import Pose2VideoSampler
+
+    config = AniPortraitConfig(**header["config"])
+    poses = LandmarkImages(arrays["landmarks"], tuple(header["src_size"]), (config.width, config.height))
+    Pose2VideoSampler(models, config)(arrays["ref_image"], poses, decode=False, share=share)
+
+
 def render_video_aniportrait(portrait, tgt, fps: float, output: Path, dopts: DiffusionOptions, *, device: str = "auto",
                              crf: int = 18, frames_dir: Path | None = None, audio=None,
                              reporter: Reporter | None = None, models=None) -> dict:
@@ -245,10 +283,13 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, dopts: Dif
     renderer into the video file `output` (a temp path from outputs.atomic_path). `models`: what holds the
     loaded networks from one call to the next (`models.aniportrait(weights, dtype, device, reporter)`, e.g.
     a2pcli.pipeline.Models: a batch reads and checks the weights once); None loads them for this call."""
+    from a2pcli.aniportrait.split import check_split
     from a2pcli.device import JobEstimate, preflight
     from a2pcli.encode import VideoWriter
 
     reporter = reporter or Reporter()
+    group = getattr(models, "clip_group", None)  # a2pcli.aniportrait.split.ClipGroup: the clip on several processes
+    check_split(dopts.split, group.launch.world_size if group is not None else 1, dopts.cfg)
     t0 = time.perf_counter()
     n = len(tgt)
     ph, pw = portrait.image.shape[:2]
@@ -274,6 +315,9 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, dopts: Dif
     from a2pcli.aniportrait.runtime import speed_settings
 
     notes = []
+    if dopts.split != DiffusionOptions.split and group is None:
+        notes.append(f"--split {dopts.split} applies to one clip under torchrun with several processes: one "
+                     "process rendered it")
     compiled = bool(dopts.compile) and choice.device.startswith("cuda")
     if dopts.compile and not compiled:
         notes.append("--compile applies on a GPU only: the denoiser ran uncompiled")
@@ -294,6 +338,14 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, dopts: Dif
     from a2pcli.aniportrait.vae import decode_latents
 
     sampler = Pose2VideoSampler(models, sampler_config(dopts, width, height, dtype))
+    share = None
+    if group is not None:  # the others draw the same landmark images from the same numbers
+        landmarks = _diffused_landmarks(tgt.landmarks, keys)
+        poses = LandmarkImages(landmarks, (pw, ph), (width, height))
+        share = send_clip(group, sampler.config, portrait.image, landmarks, (pw, ph),
+                          {"weights": dopts.weights, "dtype": dtype, "device": choice.device, "compile": compiled,
+                           "split": dopts.split})
+        reporter.info(f"one clip on {share.world} processes: {share.mode} split", once=True)
     state = {"stage": None}
 
     def progress(ev):
@@ -306,7 +358,9 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, dopts: Dif
 
     t1 = time.perf_counter()
     result = sampler(portrait.image, poses, width=width, height=height, steps=dopts.steps,
-                     guidance_scale=dopts.cfg, seed=dopts.seed, progress=progress, decode=False)
+                     guidance_scale=dopts.cfg, seed=dopts.seed, progress=progress, decode=False, share=share)
+    if group is not None:
+        group.clip_done()
     t_sample = time.perf_counter() - t1
     if compiled:  # the kernels for these shapes are in the a2p cache now (`a2p doctor` reports it)
         from a2pcli.aniportrait.runtime import mark_compile_warm
@@ -360,6 +414,7 @@ def render_video_aniportrait(portrait, tgt, fps: float, output: Path, dopts: Dif
         "cfg": dopts.cfg,
         "dtype": dtype,
         "windows": len(result.windows),
+        "split": None if share is None else {"mode": share.mode, "processes": share.world},
         "acc": acc,
         "diffused_frames": len(keys),
         "compiled": compiled,

@@ -33,6 +33,8 @@ Public API::
     sampler = Pose2VideoSampler(models, AniPortraitConfig(width=512, height=512))
     result = sampler(ref_image_pil, pose_images_uint8, progress=callback)
     frames = video_to_frames(result.video)          # list of (H, W, 3) uint8 RGB
+    result = sampler(..., share=ClipShare("windows", rank, world))   # this process's part of a clip
+                                                    # rendered by several (a2pcli.aniportrait.split)
 
 `configs` holds the model configs under CONFIG_KEYS' names; `weights` the AniPortrait-format state
 dicts under WEIGHT_KEYS' names (the checkpoint files' names).
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -52,8 +54,11 @@ from a2pcli.aniportrait.config import AniPortraitConfig
 from a2pcli.aniportrait.pose_guider import build_pose_guider, pose_tensor
 from a2pcli.aniportrait.scheduler import build_scheduler, step_kwargs
 from a2pcli.aniportrait.vae import as_rgb_pil, build_vae, decode_latents, encode_reference, ref_image_tensor
-from a2pcli.aniportrait.windows import context_windows
+from a2pcli.aniportrait.windows import context_windows, coverage
 from a2pcli.errors import InputError
+
+if TYPE_CHECKING:
+    from a2pcli.aniportrait.split import ClipShare
 
 # Where each model's config lives in the configs dict (names of the fixtures' configs.json).
 CONFIG_KEYS = {
@@ -192,6 +197,12 @@ def chunks(windows: list[list[int]], size: int) -> list[list[int]]:
         else:
             out.append([i])
     return out
+
+
+def window_counter(windows: list[list[int]], latents: torch.Tensor) -> torch.Tensor:
+    """How many of `windows` cover each frame of latents (1, 4, N, h, w): (1, 1, N, 1, 1), their dtype."""
+    count = coverage(windows, latents.shape[2])
+    return torch.tensor(count, dtype=latents.dtype, device=latents.device).reshape(1, 1, -1, 1, 1)
 
 
 def guide(noise_pred: torch.Tensor, counter: torch.Tensor, guidance: float, do_cfg: bool,
@@ -359,10 +370,12 @@ class Pose2VideoSampler:
                  height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
                  seed: int | None = None, init_noise: torch.Tensor | None = None,
                  progress: Callable[[SamplerProgress], None] | None = None, decode: bool = True,
-                 trace: bool = False) -> SamplerResult:
+                 trace: bool = False, share: ClipShare | None = None) -> SamplerResult:
         """Render N frames from a reference image (PIL or uint8 RGB) and N pose images (uint8
         (H, W, 3), channel order as drawn). `ref_pose` is accepted for the original's signature and
-        has no effect (the PoseGuider ignores it). Arguments left None come from the config."""
+        has no effect (the PoseGuider ignores it). Arguments left None come from the config.
+        `share`: this process's part of each step when several processes render the clip together
+        (a2pcli.aniportrait.split; progress then counts this process's windows)."""
         self.restore()
         self.models.unpark()
         cfg = self.config
@@ -421,11 +434,15 @@ class Pose2VideoSampler:
         if trace:
             rec.update(vae_encode_input=vae_in, ref_latents=ref_latents)
 
-        # 5. reference write pass (once)
+        # 5. reference write pass (once; not for the unguided half alone, which never reads it)
         from a2pcli.aniportrait.unet import write_reference
 
-        bank = write_reference(m.reference_unet, ref_latents, embeds, do_cfg=do_cfg,
-                               fp16_round=cfg.bank_fp16_round, cond_only=cfg.reference_cond_only)
+        if share is not None and share.mode == "cfg" and not do_cfg:
+            raise InputError("a guidance split needs guidance (a scale above 1)", subject="aniportrait")
+        half = share.half if share is not None else None
+        bank = None if half == 0 else write_reference(m.reference_unet, ref_latents, embeds, do_cfg=do_cfg,
+                                                      fp16_round=cfg.bank_fp16_round,
+                                                      cond_only=cfg.reference_cond_only)
         if trace:
             rec["bank"] = bank
         if cfg.offload and device.type == "cuda":
@@ -438,13 +455,15 @@ class Pose2VideoSampler:
         # 6. windows
         windows = context_windows(n, cfg.context_frames, cfg.context_overlap, cfg.context_stride, cfg.windows)
         rows = 2 if do_cfg else 1
+        mine = [windows[i] for i in share.windows(len(windows))] if share is not None else windows
         # the PoseGuider's features of every window are kept across steps while they fit the budget
         # (about 62 MB a window at 512x512 fp16); beyond it they are recomputed each step
         per_window = _pose_feature_bytes(m.pose_guider, cfg.context_frames, height, width)
-        cache_ok = cfg.pose_cache and len(windows) * per_window <= POSE_CACHE_BYTES
-        step = WindowStep(m.denoiser, m.pose_guider, pose, ehs, bank, rows=rows, pose_cache=cfg.pose_cache,
-                          keep_features=cache_ok, sequential_cfg=cfg.sequential_cfg, ref_pose=ref_pose_t,
-                          window_batch=cfg.window_batch)
+        cache_ok = cfg.pose_cache and len(mine) * per_window <= POSE_CACHE_BYTES
+        step_rows, step_ehs = (rows, ehs) if half is None else (1, ehs[half:half + 1])
+        step = WindowStep(m.denoiser, m.pose_guider, pose, step_ehs, bank, rows=step_rows,
+                          pose_cache=cfg.pose_cache, keep_features=cache_ok, sequential_cfg=cfg.sequential_cfg,
+                          ref_pose=ref_pose_t, window_batch=cfg.window_batch)
         extra = step_kwargs(scheduler, cfg.eta, None)
         guided_all, after_all, calls_all = [], [], []
 
@@ -454,9 +473,11 @@ class Pose2VideoSampler:
                 if trace:
                     calls_all.append(pred.clone())
                 if progress is not None:
-                    progress(SamplerProgress("denoise", si + 1, len(timesteps), wi + 1, len(windows), int(t)))
+                    progress(SamplerProgress("denoise", si + 1, len(timesteps), wi + 1, len(mine), int(t)))
 
-            noise_pred, counter = step.sums(scheduler.scale_model_input(latents, t), t, windows, on_window)
+            noise_pred, counter = step.sums(scheduler.scale_model_input(latents, t), t, mine, on_window)
+            if share is not None:  # every process's windows and halves, added up
+                noise_pred, counter = share.combine(noise_pred, rows), window_counter(windows, latents)
             guided = guide(noise_pred, counter, guidance, do_cfg, cfg.nocfg_overlap)
             latents = scheduler.step(guided, t, latents, **extra).prev_sample
             if trace:

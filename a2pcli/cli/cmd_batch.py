@@ -22,7 +22,8 @@ import typer
 from a2pcli.cli.options import JsonOut, Overwrite, Progress, ProgressMode, Quiet
 from a2pcli.errors import A2PError, InputError, OutputError
 
-NOT_IN_A_MANIFEST = ("--output", "--json", "--progress", "--quiet", "--overwrite", "--meta")  # the batch's own
+# the batch's own; and --split: a batch gives each job one process (one clip on several: a command under torchrun)
+NOT_IN_A_MANIFEST = ("--output", "--json", "--progress", "--quiet", "--overwrite", "--meta", "--split")
 OUTPUT_OPTIONS = ("--frames-dir",)  # paths of outputs: relative to -o (inputs: to the manifest's folder)
 
 

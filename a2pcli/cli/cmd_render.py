@@ -7,6 +7,10 @@ map the commands' parameters onto them; `a2p batch` maps manifest lines through 
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +19,7 @@ import typer
 
 from a2pcli import __version__, limits
 from a2pcli.aniportrait.render import DiffusionOptions
+from a2pcli.aniportrait.split import SplitMode
 from a2pcli.cli.options import Device, JsonOut, Model, OutputPath, Overwrite, Progress, ProgressMode, Quiet, Seed, span
 from a2pcli.errors import InputError, NotAvailableError
 from a2pcli.pipeline.options import (
@@ -126,6 +131,11 @@ CompileOpt = Annotated[
                        "render on a machine spends a minute or two compiling and keeps the kernels in the a2p "
                        "cache; `a2p doctor` says whether it is warm).")
 ]
+SplitOpt = Annotated[
+    SplitMode, typer.Option("--split", help="aniportrait renderer, one clip under torchrun with several processes: "
+                            "what each process takes of every denoising step: windows (a share of the context "
+                            "windows), cfg (one guidance half: an even number of processes) or auto.")
+]
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="aniportrait renderer: auto (fp16 on a GPU, fp32 on the CPU), fp16, bf16 or fp32.")
 ]
@@ -154,20 +164,20 @@ Portrait = Annotated[Path, typer.Argument(help="Portrait image (one face, roughl
 
 
 def render_options(*, renderer, device, batch_size, mouth_model, steps, cfg, low_vram, weights, dtype, scheduler,
-                   clean, acc, compile_) -> RenderOptions:
+                   clean, acc, compile_, split=SplitMode(DiffusionOptions.split)) -> RenderOptions:
     diffusion = DiffusionOptions(steps=steps, cfg=cfg, dtype=dtype, low_vram=low_vram, scheduler=scheduler,
-                                 compat=not clean, acc=acc, compile=compile_,
+                                 compat=not clean, acc=acc, compile=compile_, split=SplitMode(split).value,
                                  weights=str(weights) if weights is not None else None)
     return RenderOptions(renderer=RendererName(renderer), device=device, batch_size=batch_size, mouth_model=mouth_model,
                          diffusion=diffusion)
 
 
 def talk_job(*, seed, fps, model, motion, pose, template_region, still, pose_scale, expression_scale, blink_rate,
-             crop, size, max_size, crf, frames_dir, meta, overwrite, **render) -> TalkJob:
+             crop, size, max_size, crf, frames_dir, meta, overwrite, head=TalkOptions.head, **render) -> TalkJob:
     """audio2video's parameters (as click parses them) -> its job."""
     render = {k: v for k, v in render.items() if k not in ("inputs", "output", "progress", "quiet", "json_out")}
     talk = TalkOptions(template=pose, template_region=TemplateRegion(template_region).value, still=still,
-                       pose_scale=pose_scale, expression_scale=expression_scale, blink_rate=blink_rate)
+                       pose_scale=pose_scale, expression_scale=expression_scale, blink_rate=blink_rate, head=head)
     return TalkJob(seed=seed, fps=float(fps), model=model, motion=MotionSource(motion),
                    portrait=PortraitOptions(crop=crop, size=size, max_size=max_size), talk=talk,
                    render=render_options(**render), video=VideoOptions(crf=crf, frames_dir=frames_dir),
@@ -248,6 +258,11 @@ def audio2video(
     still: Annotated[
         bool, typer.Option("--still", help="No head motion: only lips, blinks and expression move.")
     ] = TalkOptions.still,
+    head: Annotated[
+        str, typer.Option("--head", help="Head motion from the speech: audio2pose (the shipped model; --seed picks "
+                          "one of its motions), a folder written by `a2p train audio2pose`, or rule (a smaller "
+                          "hand-made motion from the loudness, no model). --pose and --still replace it.")
+    ] = TalkOptions.head,
     pose_scale: PoseScale = TalkOptions.pose_scale,
     expression_scale: ExpressionScale = TalkOptions.expression_scale,
     blink_rate: Annotated[
@@ -272,6 +287,7 @@ def audio2video(
     clean: Clean = not DiffusionOptions.compat,
     acc: Acc = DiffusionOptions.acc,
     compile_: CompileOpt = DiffusionOptions.compile,
+    split: SplitOpt = SplitMode(DiffusionOptions.split),
     size: Size = PortraitOptions.size,
     max_size: MaxSize = PortraitOptions.max_size,
     crop: Crop = PortraitOptions.crop,
@@ -289,12 +305,14 @@ def audio2video(
     """Portrait(s) + speech -> talking-head video.
 
     Lip sync, blinks, expression and head motion, all generated from the speech (or head motion from --pose).
+    Head motion comes from the shipped audio2pose model: --seed picks one of the motions it finds for the speech.
 
     PORTRAITS: one or more images (one face each); AUDIO: one or more speech files (wav, mp3, flac, m4a...).
     Every portrait speaks every audio file, one video each, in one process (models loaded once). The
     --model default is the shipped audio2motion model. Under torchrun (torchrun --nproc-per-node N -m a2pcli
     audio2video ... -o outdir/) the pairs are shared out over the processes, one GPU each, as `a2p batch`
-    shares a manifest: pairs already made (video and sidecar) are skipped.
+    shares a manifest: pairs already made (video and sidecar) are skipped. One pair under torchrun is one clip:
+    with --renderer aniportrait every process renders it together (see --split); the embedded renderer refuses.
 
     Example: a2p audio2video face.jpg speech.wav -o talk.mp4
     """
@@ -304,7 +322,13 @@ def audio2video(
     from a2pcli.progress import Reporter
 
     if launch_from_env().distributed:
-        _audio2video_shared(inputs, output, progress, quiet, json_out)
+        if len(inputs) != 2:  # several pairs: shared out; one pair is one clip, rendered together
+            _audio2video_shared(inputs, output, progress, quiet, json_out)
+            return
+        _one_clip_together("audio2video", lambda: (talk_job(**params()), split_talk_inputs(inputs)),
+                           lambda models, reporter, job, pair: audio2video_pairs(*pair, output, job, reporter=reporter,
+                                                                                 models=models),
+                           progress, quiet, json_out)
         return
     portraits, audios = split_talk_inputs(inputs)
     job = talk_job(**params())
@@ -360,6 +384,7 @@ def vid2vid(
     clean: Clean = not DiffusionOptions.compat,
     acc: Acc = DiffusionOptions.acc,
     compile_: CompileOpt = DiffusionOptions.compile,
+    split: SplitOpt = SplitMode(DiffusionOptions.split),
     batch_size: BatchSize = RenderOptions.batch_size,
     device: Device = RenderOptions.device,
     progress: Progress = ProgressMode.auto,
@@ -418,6 +443,7 @@ def pose2vid(
     clean: Clean = not DiffusionOptions.compat,
     acc: Acc = DiffusionOptions.acc,
     compile_: CompileOpt = DiffusionOptions.compile,
+    split: SplitOpt = SplitMode(DiffusionOptions.split),
     batch_size: BatchSize = RenderOptions.batch_size,
     device: Device = RenderOptions.device,
     progress: Progress = ProgressMode.auto,
@@ -440,13 +466,89 @@ def pose2vid(
 def _drive(command: str, portrait: Path, driver: Path, output: Path | None, audio: Path | None,
            progress: ProgressMode, quiet: bool, json_out: bool) -> None:
     from a2pcli.cli.app import finish_run, session
+    from a2pcli.launch import launch_from_env
     from a2pcli.pipeline.reenact import reenact_one
     from a2pcli.progress import Reporter
 
+    if launch_from_env().distributed:
+        _one_clip_together(command, lambda: (drive_job(**params()), None),
+                           lambda models, reporter, job, _: reenact_one(command, portrait, driver, output, job,
+                                                                        audio=audio, reporter=reporter, models=models),
+                           progress, quiet, json_out)
+        return
     job = drive_job(**params())
     with session(command, progress, quiet, describe_video) as sink:
         run = reenact_one(command, portrait, driver, output, job, audio=audio, reporter=Reporter(sink))
     finish_run(sink, run, json_out)
+
+
+def _one_clip_together(command: str, parse, run, progress: ProgressMode, quiet: bool, json_out: bool) -> None:
+    """One clip under torchrun: every process renders it together (a2pcli.aniportrait.split). `parse()` -> (the
+    command's job, its parsed inputs); rank 0 runs the command as one process would (`run(models, reporter, job,
+    inputs)`: inputs, models, the video and its sidecar); the others load the models on their own GPU, take their
+    share of every denoising step and write nothing."""
+    from a2pcli.aniportrait.split import check_split, join_clip_group, serve_clips
+    from a2pcli.cli.app import finish_run, session
+    from a2pcli.cli.cmd_batch import rank_errors
+    from a2pcli.launch import launch_from_env
+    from a2pcli.pipeline.models import Models
+    from a2pcli.progress import Reporter
+
+    launch = launch_from_env()
+    with rank_errors(launch), _rank_0_first(launch):
+        job, inputs = parse()
+        render = job.render
+        if render.renderer != RendererName.aniportrait:
+            raise InputError("under torchrun one clip is rendered by every process together, which only the "
+                             "diffusion renderer does", subject=f"a2p {command} --renderer {render.renderer.value}",
+                             remedy="add --renderer aniportrait, or start it without torchrun (several clips: "
+                             "a2p batch under torchrun shares them out)")
+        check_split(render.diffusion.split, launch.world_size, render.diffusion.cfg)
+        group = join_clip_group(launch, render.device)
+    if not launch.is_main:
+        with _rank_failures(launch):
+            serve_clips(group, render.diffusion, render.device)
+        return
+    try:
+        with session(command, progress, quiet, describe_video) as sink:
+            result = run(Models(clip_group=group), Reporter(sink), job, inputs)
+    finally:
+        group.close()
+    finish_run(sink, result, json_out)
+
+
+@contextlib.contextmanager
+def _rank_0_first(launch):
+    """A failure that every process meets alike (bad input): the others leave a moment after rank 0, so that
+    torchrun, which stops the rest as soon as one fails, lets rank 0 say why."""
+    from a2pcli.errors import A2PError
+    from a2pcli.pipeline.shards import FAILED_EXIT_GRACE_S
+
+    try:
+        yield
+    except A2PError:
+        if not launch.is_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by torchrun meanwhile: silently
+            time.sleep(FAILED_EXIT_GRACE_S)
+        raise
+
+
+@contextlib.contextmanager
+def _rank_failures(launch):
+    """A process other than rank 0 that fails while it renders its share says so with its rank."""
+    from a2pcli.errors import EXIT_FAILED, A2PError
+
+    try:
+        yield
+    except A2PError as exc:
+        sys.stderr.write(f"error: rank {launch.rank}: {exc.one_line()}\n")
+        raise typer.Exit(exc.exit_code) from None
+    except RuntimeError as exc:  # torch.distributed's: rank 0 stopped in the middle of a clip
+        if type(exc).__module__.split(".")[0] != "torch":
+            raise
+        sys.stderr.write(f"error: rank {launch.rank}: the processes lost each other in the middle of a clip "
+                         f"({' '.join(str(exc).split())[:200]})\n")
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,8 @@
 """`a2p train <component>` and `a2p train all`: train a2p's models on talking videos.
 
-`a2p train audio2motion` (and `a2p train mouth`) parses, then calls a2pcli.train.audio2motion.train (and
-a2pcli.train.mouth.train), which checks the inputs (a missing folder -> exit 2, naming it), prepares the data
-(cached), trains, validates each epoch, checkpoints and exports the model folder.
+`a2p train audio2motion` (and `audio2pose`, `mouth`) parses, then calls a2pcli.train.audio2motion.train (and
+a2pcli.train.audio2pose.train, a2pcli.train.mouth.train), which checks the inputs (a missing folder -> exit 2,
+naming it), prepares the data (cached), trains, validates each epoch, checkpoints and exports the model folder.
 Under torchrun every process runs the command; rank 0 alone shows progress and the summary.
 `a2p train all` calls a2pcli.train.suite.train_all.
 """
@@ -59,6 +59,12 @@ Resume = Annotated[
     typer.Option("--resume", help="Continue from this checkpoint (model, optimizer, step and config), "
                  "or from the last one in this model folder."),
 ]
+PosesDirs = Annotated[
+    Optional[list[Path]],
+    typer.Option("--poses", help="Folder of .pose files named after the videos (a2p extract-pose output), used "
+                 "instead of finding the landmarks again when made from the same file. Repeat for several.",
+                 show_default=False),
+]
 
 
 def audio2motion(
@@ -94,6 +100,51 @@ def audio2motion(
 
     opts = train_options(data, output, preset.value, epochs, batch_size, lr, val_speakers, resume, seed, device)
     run_trainer("audio2motion", train, opts, progress, quiet, json_out, _human_audio2motion)
+
+
+def audio2pose(
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="Folder of talking videos with speech (searched recursively), or a folder of "
+                     "prepared datasets (the dataset.npz a run writes into its model folder). Repeat for several.",
+                     show_default=False),
+    ],
+    output: ModelDir,
+    preset: PresetOpt = PresetName.default,
+    epochs: Epochs = None,
+    batch_size: TrainBatch = None,
+    lr: LearningRate = None,
+    val_speakers: ValSpeakers = None,
+    resume: Resume = None,
+    poses: PosesDirs = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    progress: Progress = ProgressMode.auto,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Train the speech -> head motion model on talking videos.
+
+    The model turns speech into head rotation and translation; several motions fit one speech, and
+    `a2p audio2video --seed` picks one.
+
+    \b
+    On the CPU (--preset tiny checks the set-up in seconds) or one GPU:
+      a2p train audio2pose --data clips/ -o my-pose-model
+    Again, on another machine, from the data the first run prepared (no videos, no MediaPipe):
+      a2p train audio2pose --data my-pose-model/ -o my-pose-model-2
+    Continue an interrupted run:
+      a2p train audio2pose --data clips/ -o my-pose-model --resume my-pose-model
+
+    Use the result with `a2p audio2video --head my-pose-model`.
+    """
+    from functools import partial
+
+    from a2pcli.train.audio2pose import train
+
+    opts = train_options(data, output, preset.value, epochs, batch_size, lr, val_speakers, resume, seed, device)
+    run_trainer("audio2pose", partial(train, poses=tuple(poses or ())), opts, progress, quiet, json_out,
+                _human_audio2pose)
 
 
 def train_options(data: list[Path], output: Path, preset: str, epochs: int | None, batch_size: int | None,
@@ -157,12 +208,18 @@ def _human_audio2motion(s: dict) -> str:
             f"{s['elapsed_s']:.0f} s")
 
 
-PosesDirs = Annotated[
-    Optional[list[Path]],
-    typer.Option("--poses", help="Folder of .pose files named after the videos (a2p extract-pose output), used "
-                 "instead of finding the landmarks again when made from the same file. Repeat for several.",
-                 show_default=False),
-]
+def _human_audio2pose(s: dict) -> str:
+    v = s.get("validation") or {}
+    metrics = ""
+    if "val_model_std_ratio" in v:
+        fmt = lambda x: "/".join(f"{a:.2f}" for a in x)  # noqa: E731
+        metrics = (f"; held out: spread x{fmt(v['val_model_std_ratio'])} and speed "
+                   f"x{fmt(v['val_model_velocity_ratio'])} of the real motion (yaw/pitch/roll), head speed vs speech onsets r {v['val_model_onset_r']:.3f} "
+                   f"(real {v['val_real_onset_r']:.3f})")
+    d = s["data"]
+    return (f"{s['output']}: {s['epochs']} epochs ({s['steps']} steps) on {d['train']['clips']} clips of "
+            f"{d['train']['speakers']} speakers, {d['val']['clips']} clips of {d['val']['speakers']} held out{metrics}; "
+            f"{s['elapsed_s']:.0f} s")
 
 
 def mouth(
@@ -295,6 +352,7 @@ def _human_all(s: dict) -> str:
 def register(app: typer.Typer) -> None:
     train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
     train_app.command("audio2motion")(audio2motion)
+    train_app.command("audio2pose")(audio2pose)
     train_app.command("mouth")(mouth)
     train_app.command("all")(train_all)
     app.add_typer(train_app, name="train", help=TRAIN_HELP)

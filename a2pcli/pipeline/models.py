@@ -13,15 +13,17 @@ from a2pcli.progress import Reporter
 
 
 class Models:
-    """audio2motion and mouth models (by name and device), the face reference, and one set of AniPortrait
-    networks (by weights, dtype and device; a different set replaces it)."""
+    """audio2motion, audio2pose and mouth models (by name and device), the face reference, and one set of
+    AniPortrait networks (by weights, dtype and device; a different set replaces it)."""
 
-    def __init__(self):
+    def __init__(self, clip_group=None):
         self._audio2motion: dict[tuple[str, str], object] = {}
+        self._audio2pose: dict[tuple[str, str], object] = {}
         self._mouth: dict[tuple[str, str], object] = {}
         self._reference = None
         self._aniportrait_key: tuple | None = None
         self._aniportrait = None
+        self.clip_group = clip_group  # aniportrait.split.ClipGroup: the processes that render each clip together
 
     def audio2motion(self, name_or_path: str | None = None, device: str = "cpu"):
         """audio2motion.Audio2Motion: the shipped model, a registry name or a model folder (verified when loaded)."""
@@ -31,6 +33,16 @@ class Models:
 
             self._audio2motion[key] = load_model(name_or_path, device=device)
         return self._audio2motion[key]
+
+    def audio2pose(self, name_or_path: str | None = None, device: str = "cpu"):
+        """audio2pose.Audio2PoseModel (head motion): the shipped model, a registry name or a model folder (verified
+        when loaded)."""
+        key = (str(name_or_path), device)
+        if key not in self._audio2pose:
+            from a2pcli.audio2pose import load_model
+
+            self._audio2pose[key] = load_model(name_or_path, device=device)
+        return self._audio2pose[key]
 
     def mouth(self, name_or_path: str | None = None, device: str = "cpu"):
         """mouthnet.MouthModel: the embedded renderer's mouth model, the shipped one, a registry name or a model

@@ -196,10 +196,12 @@ def check_render_values(render: RenderOptions) -> None:
 def check_render(render: RenderOptions, size: int) -> None:
     """The renderer's options: each renderer's own are refused with the other one."""
     from a2pcli.aniportrait.config import SCHEDULERS
+    from a2pcli.aniportrait.split import SPLIT_MODES
 
     d = render.diffusion
     if render.renderer != RendererName.aniportrait:
-        for flag, used in (("--acc", d.acc != DiffusionOptions.acc), ("--compile", d.compile)):
+        for flag, used in (("--acc", d.acc != DiffusionOptions.acc), ("--compile", d.compile),
+                           ("--split", d.split != DiffusionOptions.split)):
             if used:
                 raise InputError("is an option of the diffusion renderer", subject=flag,
                                  remedy="add --renderer aniportrait, or leave it out")
@@ -211,6 +213,9 @@ def check_render(render: RenderOptions, size: int) -> None:
     if d.scheduler not in SCHEDULERS:
         raise InputError(f"unknown --scheduler {d.scheduler!r}", subject="--scheduler",
                          remedy=f"use {', '.join(SCHEDULERS[:-1])} or {SCHEDULERS[-1]}")
+    if d.split not in SPLIT_MODES:
+        raise InputError(f"unknown --split {d.split!r}", subject="--split",
+                         remedy=f"use {', '.join(SPLIT_MODES[:-1])} or {SPLIT_MODES[-1]}")
     if d.dtype not in DTYPE_CHOICES:
         raise InputError(f"unknown --dtype {d.dtype!r}", subject="--dtype",
                          remedy=f"use {', '.join(DTYPE_CHOICES[:-1])} or {DTYPE_CHOICES[-1]}")
@@ -261,6 +266,29 @@ def check_talk_job(job: TalkJob) -> None:
         raise InputError("AniPortrait's audio2mesh/audio2pose landmarks need the diffusion renderer",
                          subject="--motion aniportrait", remedy="add --renderer aniportrait, or use --motion a2p")
     check_model_name(job.model)
+    check_head(job.talk.head)
+
+
+def check_head(head: str) -> None:
+    """--head: audio2pose (the shipped model), rule, or a model folder written by `a2p train audio2pose` (its
+    files are read and verified when the run loads it: a corrupt one is a ModelError then)."""
+    from a2pcli.audio2pose import CONFIG_FILE, WEIGHTS_FILE
+    from a2pcli.talk import HEAD_MODEL, HEAD_RULE
+
+    if head in (HEAD_MODEL, HEAD_RULE):
+        return
+    remedy = f"use {HEAD_MODEL} (the shipped model), {HEAD_RULE}, or a folder written by `a2p train audio2pose`"
+    if not isinstance(head, str) or not head:
+        raise InputError(f"must be a model folder, {HEAD_MODEL} or {HEAD_RULE}, got {limits.shown(head)}",
+                         subject="--head", remedy=remedy)
+    folder = Path(head).expanduser()
+    if not folder.is_dir():
+        raise InputError("not found" if not folder.exists() else "is not a folder", subject=f"--head {head}",
+                         remedy=remedy)
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"is not an audio2pose model folder (no {' or '.join(missing)})", subject=f"--head {head}",
+                         remedy=remedy)
 
 
 def check_drive_job(job: DriveJob) -> None:

@@ -3,10 +3,10 @@
     result = audio2video("face.png", "speech.wav", "talk.mp4", TalkJob(seed=3))
     run = audio2video_pairs([a.png, b.png], [one.wav, two.wav], Path("outdir"), job)   # every pair
 
-Per speech input: read the audio, turn it into motion (audio2motion's lips, or AniPortrait's audio2mesh and
-audio2pose); per portrait: find its face; per pair: the target landmarks (lips, blinks, breathing, head
-motion: talk.talk_targets), rendered and encoded. In a run of several pairs each speech input is read and
-turned into motion once, each portrait found once, the models loaded once.
+Per speech input: read the audio, turn it into motion (audio2motion's lips and audio2pose's head motion, or
+AniPortrait's audio2mesh and audio2pose); per portrait: find its face; per pair: the target landmarks (lips,
+blinks, breathing, head motion: talk.talk_targets), rendered and encoded. In a run of several pairs each speech
+input is read and turned into motion once, each portrait found once, the models loaded once.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Speech:
     samples: np.ndarray  # (N,) float32 mono at SAMPLE_RATE
     frames: int  # video frames it lasts at the job's fps
     lips: np.ndarray | None = None  # (frames, 478, 3) audio2motion expression deltas (motion a2p)
+    head: np.ndarray | None = None  # (frames, 5) audio2pose head motion (motion a2p, unless --still, --pose, rule)
     aniportrait: object = None  # aniportrait.motion.SpeechMotion (motion aniportrait)
     notes: list[str] = field(default_factory=list)
 
@@ -64,14 +65,18 @@ class TalkRun:
         self._files.close()
 
     def prepare(self) -> None:
-        """Load what every pair needs (the speech model, the --pose template) before the first pair."""
+        """Load what every pair needs (the speech models, the --pose template) before the first pair."""
         if self.job.motion == MotionSource.a2p:
+            from a2pcli.talk import uses_head_model
+
             self.reporter.stage("load the speech model", total=1)
             if self.job.talk.template is not None:  # first: a bad file is refused before the model loads
                 from a2pcli.motion import load_motion
 
                 self._template = load_motion(self.job.talk.template)
             self.models.audio2motion(self.job.model)
+            if uses_head_model(self.job.talk):
+                self.models.audio2pose(head_model_name(self.job.talk.head))
             self.reporter.advance()
             self.reporter.end_stage()
 
@@ -130,8 +135,13 @@ class TalkRun:
                 speech.notes.append("--motion aniportrait takes only the head pose from --pose: --template-region "
                                     "is ignored")
         else:
+            from a2pcli.talk import uses_head_model
+
             reporter.stage("speech to motion", total=1)
             speech.lips = self.models.audio2motion(job.model).predict(samples, job.fps, n)
+            if uses_head_model(job.talk):
+                head = self.models.audio2pose(head_model_name(job.talk.head))
+                speech.head = head.generate(samples, job.fps, n, seed=job.seed)
         reporter.advance()
         return speech
 
@@ -166,7 +176,7 @@ class TalkRun:
         gap = open_mouth_gap(portrait.image, portrait.face)
         rest = closed_rest(gap, a2m.opening_shape(), portrait.face.canon)
         return talk_targets(portrait.face, speech.samples, job.fps, speech.frames, speech.lips, job.talk,
-                            self.models.reference().mean, self._template, rest, image=portrait.image)
+                            self.models.reference().mean, self._template, rest, speech.head, image=portrait.image)
 
     # -- one pair --
 
@@ -183,6 +193,13 @@ class TalkRun:
 
         summary = write_output(output, render, COMMAND, inputs, self.job)
         return VideoResult.from_summary(output, talk_inputs(portrait_source, audio), self.renderer.name, summary)
+
+
+def head_model_name(head: str) -> str | None:
+    """TalkOptions.head -> what audio2pose.load_model takes (None: the shipped model)."""
+    from a2pcli.talk import HEAD_MODEL
+
+    return None if head == HEAD_MODEL else head
 
 
 def _input(source):

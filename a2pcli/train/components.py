@@ -25,6 +25,8 @@ class Component:
 COMPONENTS: dict[str, Component] = {
     "audio2motion": Component("a2pcli.train.audio2motion:train", ("tiny", "default"),
                               "a2pcli.train.audio2motion:prepare_data"),
+    "audio2pose": Component("a2pcli.train.audio2pose:train", ("tiny", "default"),
+                            "a2pcli.train.audio2pose:prepare_data"),
     "mouth": Component("a2pcli.train.mouth:train", ("tiny", "default"), "a2pcli.train.mouth:prepare_data"),
 }
 

@@ -6,7 +6,8 @@ ffmpeg.
 writes, per clip, a small stand-in file <folder>/<speaker>/<clip>.mp4 (not a video: its bytes only name the
 clip, so the cache key is unique) and, into the data cache (a2pcli.train.clips), the prepared arrays a real
 clip of that length would have: a babbling voice (a buzz whose loudness comes and goes at syllable rate, with
-pauses) as log-mel, and a face whose jaw and lower lip open with the voice's loudness, plus small head motion.
+pauses) as log-mel (and as the prosody audio2pose's trainer caches), and a face whose jaw and lower lip open
+with the voice's loudness, plus small head motion.
 The trainers then find the clips under `folder` and read them from the cache. Deterministic for a seed. The
 clips have the shapes and rough statistics of real ones; a model trained on them is of no use.
 """
@@ -36,6 +37,7 @@ def make_synthetic_data(folder: Path, cache_dir: Path, speakers: int = 2, clips_
     """Synthetic clips of `speakers` speakers ("spk00", ...) under `folder`, prepared into `cache_dir` for each
     clip length setting in `max_clip_s` (a trainer preset's `max_clip_s`: its entries are keyed by it)."""
     from a2pcli.headpose import load_reference
+    from a2pcli.train.audio2pose.data import write_prosody
 
     reference = load_reference().mean
     rng = np.random.default_rng(seed)
@@ -49,9 +51,13 @@ def make_synthetic_data(folder: Path, cache_dir: Path, speakers: int = 2, clips_
             video.parent.mkdir(parents=True, exist_ok=True)
             video.write_bytes(f"a2p synthetic clip {speaker}/{c} seed {seed}\n".encode())
             src = ClipSource(video, None, speaker, str(video.relative_to(Path(folder).parent)))
-            clip = synthetic_clip(src, reference, face, f0, seconds, rng)
+            audio = babble(seconds, f0, rng)
+            clip = synthetic_clip(src, reference, face, audio, rng)
             for m in max_clip_s:
-                write_entry(cache_path(Path(cache_dir), src, m), clip_arrays(_cut(clip, m)))
+                cut = _cut(clip, m)
+                write_entry(cache_path(Path(cache_dir), src, m), clip_arrays(cut))
+                samples = audio if m is None else audio[: int(round(m * features.SAMPLE_RATE))]
+                write_prosody(Path(cache_dir), src, m, samples, cut.logmel)
             sources.append(src)
     return sources
 
@@ -68,11 +74,10 @@ def babble(seconds: float, f0: float, rng: np.random.Generator) -> np.ndarray:
     return (buzz * envelope * talking).astype(np.float32)
 
 
-def synthetic_clip(src: ClipSource, reference: np.ndarray, face: np.ndarray, f0: float, seconds: float,
+def synthetic_clip(src: ClipSource, reference: np.ndarray, face: np.ndarray, audio: np.ndarray,
                    rng: np.random.Generator) -> PreparedClip:
     """One clip: the babble's log-mel, and landmarks whose jaw opens with its loudness (T = seconds * FPS)."""
-    audio = babble(seconds, f0, rng)
-    n = int(round(seconds * FPS))
+    n = int(round(len(audio) / features.SAMPLE_RATE * FPS))
     hop = features.SAMPLE_RATE / FPS
     loud = np.array([np.sqrt(np.mean(audio[int(i * hop): int((i + 1) * hop)] ** 2)) for i in range(n)])
     opening = loud / max(float(loud.max()), 1e-9)  # 0..1

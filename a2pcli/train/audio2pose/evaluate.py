@@ -1,0 +1,165 @@
+"""Motion statistics of held-out clips, real against generated, measured alike: per-axis spread and speed of
+yaw, pitch and roll (smoothed by MEASURE_SMOOTH_S, the landmark jitter out of both), and the correlation of
+head speed with the speech's onsets; for the model (several seeds), a control (the model driven by other
+clips' speech) and the hand-made rule (a2pcli.talk.rule_head). What validation logs each epoch and what
+benchmarks/eval_headpose.py reports."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from a2pcli import features
+from a2pcli.audio2pose import INPUT_STRIDE, Audio2PoseModel, gaussian_smooth
+from a2pcli.train.audio2pose.batches import clip_inputs
+from a2pcli.train.audio2pose.data import PoseClip
+from a2pcli.train.audio2pose.targets import JUMP_DEG, MEASURE_SMOOTH_S, runs
+
+MIN_VAL_FRAMES = 25  # held-out segments shorter than this are not scored
+CONTROL_CLIPS = 3  # the control drives the model with the speech of this many other clips (each seed)
+ONSET_SMOOTH_S = 0.2  # onset strength and head speed are compared at this time resolution (about a syllable)
+
+
+def measure(euler: np.ndarray, fps: float) -> np.ndarray:
+    """(T, 3) degrees -> (T, 3) as the metrics see it: smoothed by MEASURE_SMOOTH_S (landmark jitter)."""
+    return gaussian_smooth(np.asarray(euler, np.float32), MEASURE_SMOOTH_S * fps)
+
+
+def motion_stats(euler: np.ndarray, fps: float) -> dict:
+    """Per-axis standard deviation (degrees) and mean absolute velocity (degrees/s) of (T, 3) yaw, pitch,
+    roll, measured alike for real and generated motion (see measure)."""
+    e = measure(euler, fps)
+    vel = np.abs(np.diff(e, axis=0)).mean(0) * fps if len(e) > 1 else np.zeros(3)
+    return {"std": [round(float(v), 3) for v in e.std(0)], "velocity": [round(float(v), 3) for v in vel]}
+
+
+def onset_strength(logmel: np.ndarray, fps: float, n: int) -> np.ndarray:
+    """(n,) speech onsets per video frame: the rise of the loudness (dB per 10 ms, positive part), summed over
+    each frame and smoothed by ONSET_SMOOTH_S."""
+    level = gaussian_smooth(features.frame_level_db(logmel)[:, None], 2.0)[:, 0]
+    rise = np.clip(np.diff(level, prepend=level[:1]), 0, None)
+    cum = np.concatenate([[0.0], np.cumsum(rise)])
+    edges = np.clip(np.round(np.arange(n + 1) / fps * features.FRAME_RATE).astype(np.int64), 0, len(rise))
+    per_frame = (cum[edges[1:]] - cum[edges[:-1]]).astype(np.float32)
+    return gaussian_smooth(per_frame[:, None], ONSET_SMOOTH_S * fps)[:, 0]
+
+
+def head_speed(euler: np.ndarray, fps: float) -> np.ndarray:
+    """(T,) angular speed (degrees/s, the norm over yaw, pitch, roll) of measured motion, smoothed like the onsets."""
+    e = measure(euler, fps)
+    v = np.linalg.norm(np.gradient(e, axis=0), axis=1) * fps if len(e) > 1 else np.zeros(len(e))
+    return gaussian_smooth(v[:, None].astype(np.float32), ONSET_SMOOTH_S * fps)[:, 0]
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a**2).sum() * (b**2).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def speed_onset_r(euler: np.ndarray, onsets: np.ndarray, fps: float) -> float:
+    """Pearson correlation of head speed with speech onsets over the common frames."""
+    n = min(len(euler), len(onsets))
+    return _corr(head_speed(euler[:n], fps), onsets[:n]) if n > 2 else 0.0
+
+
+def held_out_motion(clip: PoseClip) -> list[tuple[int, int, np.ndarray]]:
+    """The clip's scored stretches in its own video frames: (first, stop, (L, 3) real yaw/pitch/roll, raw)."""
+    ok = clip.valid.copy()
+    if len(ok) > 1:
+        jump = np.abs(np.diff(clip.pose[:, :3], axis=0)).max(1) > JUMP_DEG
+        ok[1:] &= ~jump
+        ok[:-1] &= ~jump
+    n = min(len(ok), int(len(clip.logmel) / features.FRAME_RATE * clip.fps))
+    return [(a, b, clip.pose[a:b, :3]) for a, b in runs(ok[:n]) if b - a >= MIN_VAL_FRAMES]
+
+
+def evaluate_clips(model: Audio2PoseModel, clips: list[PoseClip], seeds: int, rule: bool = False) -> list[dict]:
+    """Per held-out clip: the real motion's spread, speed and speed-onset correlation, and the same for the
+    model's motion (mean over `seeds` seeds), for the model driven by other clips' speech (the control:
+    CONTROL_CLIPS others, looped to the length, scored against this clip's onsets), and, with `rule`, for
+    the hand-made rule (a2pcli.talk.rule_head)."""
+    rows = []
+    for k, c in enumerate(clips):
+        spans = held_out_motion(c)
+        if not spans:
+            continue
+        n = min(len(c.pose), int(len(c.logmel) / features.FRAME_RATE * c.fps))
+        onsets = onset_strength(c.logmel, c.fps, n)
+        gen = [_generate(model, clip_inputs(c, None, None), c.fps, n, s) for s in range(seeds)]
+        others = [clips[(k + j) % len(clips)] for j in range(1, min(CONTROL_CLIPS, len(clips) - 1) + 1)] or [c]
+        ctrl = [_generate(model, _loop_inputs(clip_inputs(o, None, None), n / c.fps), c.fps, n, s)
+                for s in range(seeds) for o in others]
+        row = {"clip": c.name, "speaker": c.speaker, "seconds": round(sum(b - a for a, b, _ in spans) / c.fps, 2)}
+        row.update(_score("real", [[e for _, _, e in spans]], spans, onsets, c.fps))
+        row.update(_score("model", [[g[a:b] for a, b, _ in spans] for g in gen], spans, onsets, c.fps))
+        row.update(_score("control", [[g[a:b] for a, b, _ in spans] for g in ctrl], spans, onsets, c.fps))
+        if rule:
+            from a2pcli.talk import rule_head
+
+            db = _loudness_from_logmel(c.logmel, c.fps, n)
+            rules = [rule_head(db, c.fps, np.random.default_rng(s)) for s in range(seeds)]
+            row.update(_score("rule", [[g[a:b] for a, b, _ in spans] for g in rules], spans, onsets, c.fps))
+        rows.append(row)
+    return rows
+
+
+def _loudness_from_logmel(logmel: np.ndarray, fps: float, n: int) -> np.ndarray:
+    """(n,) per-frame loudness in dB as a2pcli.talk.loudness gives it, from the log-mel (for clips whose
+    samples are not at hand): the mean power of the feature frames under each video frame."""
+    power = np.exp(features.frame_level_db(logmel) / features.DB_PER_NEPER) / 2.0  # full-scale sine -> mean square
+    cum = np.concatenate([[0.0], np.cumsum(power)])
+    edges = np.clip(np.round(np.arange(n + 1) / fps * features.FRAME_RATE).astype(np.int64), 0, len(power))
+    cnt = np.maximum(edges[1:] - edges[:-1], 1)
+    ms = (cum[edges[1:]] - cum[edges[:-1]]) / cnt
+    return np.maximum(10 * np.log10(ms + 1e-8), -80.0).astype(np.float32)
+
+
+def _loop_inputs(inputs: np.ndarray, seconds: float) -> np.ndarray:
+    """Speech inputs repeated (or cut) to cover `seconds`."""
+    need = int(math.ceil(seconds * features.FRAME_RATE)) + INPUT_STRIDE
+    return np.concatenate([inputs] * int(math.ceil(need / max(len(inputs), 1))))[:need]
+
+
+def _generate(model: Audio2PoseModel, inputs: np.ndarray, fps: float, n: int, seed: int) -> np.ndarray:
+    """(n, 3) yaw, pitch, roll the model generates from speech inputs, at `fps` (the path of Audio2PoseModel.generate
+    after its feature step)."""
+    from a2pcli.audio2pose import resample
+
+    motion = model.from_normalised(model.generate_normalised(inputs, seed))
+    return resample(motion, fps, n)[:, :3]
+
+
+def _score(prefix: str, draws: list[list[np.ndarray]], spans, onsets: np.ndarray, fps: float) -> dict:
+    """Mean over runs (seeds) of the frame-weighted per-axis std, velocity and speed-onset r over the spans."""
+    std, vel, rs = [], [], []
+    w = np.array([b - a for a, b, _ in spans], np.float64)
+    for run in draws:
+        st = [motion_stats(e, fps) for e in run]
+        std.append(np.average([s["std"] for s in st], axis=0, weights=w))
+        vel.append(np.average([s["velocity"] for s in st], axis=0, weights=w))
+        rs.append(np.average([speed_onset_r(e, onsets[a:b], fps) for e, (a, b, _) in zip(run, spans)], weights=w))
+    return {f"{prefix}_std": [round(float(v), 3) for v in np.mean(std, 0)],
+            f"{prefix}_velocity": [round(float(v), 3) for v in np.mean(vel, 0)],
+            f"{prefix}_onset_r": round(float(np.mean(rs)), 4)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Averages over clips; ratios of the model's (and the rule's) spread and speed to the real clips'."""
+    if not rows:
+        return {}
+    out = {"clips": len(rows)}
+    for who in ("real", "model", "control", "rule"):
+        if f"{who}_std" not in rows[0]:
+            continue
+        out[f"{who}_std"] = [round(float(v), 3) for v in np.mean([r[f"{who}_std"] for r in rows], 0)]
+        out[f"{who}_velocity"] = [round(float(v), 3) for v in np.mean([r[f"{who}_velocity"] for r in rows], 0)]
+        out[f"{who}_onset_r"] = round(float(np.mean([r[f"{who}_onset_r"] for r in rows])), 4)
+    for who in ("model", "rule"):
+        if f"{who}_std" in out:
+            out[f"{who}_std_ratio"] = [round(a / max(b, 1e-9), 3) for a, b in zip(out[f"{who}_std"], out["real_std"])]
+            out[f"{who}_velocity_ratio"] = [round(a / max(b, 1e-9), 3)
+                                            for a, b in zip(out[f"{who}_velocity"], out["real_velocity"])]
+    return out
+
