@@ -34,7 +34,7 @@ FOREHEAD, CHIN, NOSE_TIP = 10, 152, 1
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
+def quiet_native_stderr() -> Iterator[None]:
     """Silence the C++ logging MediaPipe/TFLite print on fd 2 while graphs are built, so that
     stderr carries only a2p's own progress (JSON lines must stay parseable)."""
     os.environ.setdefault("GLOG_minloglevel", "2")
@@ -58,7 +58,7 @@ def _quiet_native_stderr() -> Iterator[None]:
 
 def _face_mesh_module():
     try:
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             from mediapipe.python.solutions import face_mesh
     except Exception as exc:  # ImportError, or a broken native library
         raise EnvironmentProblem(
@@ -75,7 +75,7 @@ class FaceMeshDetector:
 
     def __init__(self, video: bool = True, max_faces: int = MAX_FACES):
         face_mesh = _face_mesh_module()
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             self._mesh = face_mesh.FaceMesh(
                 static_image_mode=not video,
                 max_num_faces=max_faces,
@@ -88,7 +88,7 @@ class FaceMeshDetector:
     def detect(self, frame: np.ndarray) -> list[np.ndarray]:
         """frame: (H, W, 3) uint8 RGB -> list of (478, 3) float32 landmark arrays in pixels."""
         h, w = frame.shape[:2]
-        with _quiet_native_stderr():  # MediaPipe warns on fd 2 from inside process()
+        with quiet_native_stderr():  # MediaPipe warns on fd 2 from inside process()
             res = self._mesh.process(frame)
         if not res.multi_face_landmarks:
             return []

@@ -8,6 +8,9 @@ points whose displacements are known:
 - a ring further out and the border of the working region stay put: torso and background.
 The spline is evaluated on a coarse grid, upsampled, faded to zero at the border of the working
 region (so the rest of the picture is untouched and no seam can show), and sampled bilinearly.
+With a still background (a2pcli.backdrop: the person found once per portrait), the person is warped
+premultiplied by its alpha over a still plate, so that only head, hair and neck move. The warp keeps the eyes
+as open as the portrait's; an eyelid layer (a2pcli.eyelids) closes them, drawn from the portrait's own lid skin.
 Where the target lips part further than the portrait's, and on every frame of a portrait that shows its
 mouth interior (which must close), the mouth model paints the mouth: from a crop of the warped frame around
 the target lips, the target lip shape, and the portrait's own mouth (mouthnet's module doc); its colour
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from a2pcli import facemesh as fm
+from a2pcli.eyelids import EYES, EyeLid
+from a2pcli.eyelids import coverage as lid_coverage
 from a2pcli.mouth import lip_and_skin_colour, lip_gap, open_mouth_gap
 from a2pcli.retarget import FaceTargets, PortraitFace
 
@@ -50,6 +55,7 @@ STEP_COARSE, STEP_MOUTH, STEP_EYE = 1 / 5, 1 / 24, 1 / 28  # face units between 
 PATCH_MARGIN = 0.12  # face units around a patch's range of motion over the whole video
 PATCH_MAX_NODES = 900  # per patch: its spacing grows beyond this (a head that travels far)
 PATCH_FEATHER = 3  # node spacings over which a patch blends into the coarse field
+MIN_COVER = 0.05  # the lid layer is drawn where it covers at least this fraction of an eye (else the warp's lids)
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,8 @@ class WarpRenderer:
     fine nodes and how far the head travels. `mouth`: the mouth model (mouthnet.MouthModel) that paints the
     mouth; None renders the warp alone."""
 
-    def __init__(self, image: np.ndarray, face: PortraitFace, plan: FaceTargets, device: str = "cpu", mouth=None):
+    def __init__(self, image: np.ndarray, face: PortraitFace, plan: FaceTargets, device: str = "cpu",
+                 still_background: bool = True, mouth=None):
         import torch
 
         self.torch = torch
@@ -177,6 +184,12 @@ class WarpRenderer:
         self.origin = np.array([roi.x0, roi.y0], np.float32)
         self.crop = np.ascontiguousarray(image[roi.y0 : roi.y1, roi.x0 : roi.x1])
         dev, f32 = self.device, torch.float32
+        self.notes: list[str] = []
+        crop_lm = face.landmarks - np.array([roi.x0, roi.y0, 0], np.float32)
+        self.backdrop = self._separate(crop_lm) if still_background else None
+        self.lids = [EyeLid.of(self.crop, crop_lm, eye, unit) for eye in EYES]
+        self.lids = [lid if lid.usable else None for lid in self.lids]
+        self.lids_t = [lid.to(dev) if lid else None for lid in self.lids]
 
         # control points: face points, rigid shell, static anchors (working-region pixels)
         from a2pcli.headpose import apply_pose
@@ -198,6 +211,7 @@ class WarpRenderer:
 
         # the warp field's nodes: a coarse grid over the working region, fine patches over mouth and eyes
         self.patches = self._plan_patches(plan)
+        self.lid_sizes = self._plan_lid_boxes(plan)
         nodes = [p.nodes for p in self.patches]
         self.node_slices = np.cumsum([0] + [len(n) for n in nodes])
         self.grid = torch.from_numpy(np.concatenate(nodes)).to(dev)  # (G, 2)
@@ -220,6 +234,11 @@ class WarpRenderer:
             self.window_t = torch.from_numpy(window).to(dev)[None, None]
             self.ident_t = torch.from_numpy(ident).to(dev).permute(2, 0, 1)[None]  # (1, 2, h, w)
             self.src_t = torch.from_numpy(self.crop).to(dev).permute(2, 0, 1)[None].to(f32)
+            self.crop_t = self.src_t
+            if self.backdrop is not None:  # the premultiplied person and its alpha; the plate stays still
+                layer = torch.from_numpy(self.backdrop.layer).to(dev).permute(2, 0, 1)[None].to(f32)
+                self.src_t = layer * torch.tensor([1.0, 1.0, 1.0, 1 / 255], device=dev).view(1, 4, 1, 1)
+                self.plate_t = torch.from_numpy(self.backdrop.plate).to(dev).permute(2, 0, 1)[None].to(f32)
             self.full_t = torch.from_numpy(self.image.copy()).to(dev)
         else:
             self.feathers = [None] + [f[..., None] for f in self.feathers[1:]]
@@ -256,7 +275,7 @@ class WarpRenderer:
         cv2.fillPoly(mask, [np.round(poly * 8).astype(np.int32)], 255, cv2.LINE_AA, shift=3)
         self.interior = mask.astype(np.float32) / 255.0
         if self.gpu:
-            self.src_t = torch.cat([self.src_t, torch.from_numpy(self.interior).to(self.device)[None, None]], 1)
+            self.mouth_src_t = torch.cat([self.crop_t, torch.from_numpy(self.interior).to(self.device)[None, None]], 1)
             self.image_t = self.full_t.permute(2, 0, 1)[None].float()  # (1, 3, H, W)
 
     def _plan_patches(self, plan: FaceTargets) -> list[Patch]:
@@ -314,12 +333,16 @@ class WarpRenderer:
 
     def render(self, tgt: FaceTargets) -> np.ndarray:
         """(B, H, W, 3) uint8 whole frames."""
+        from a2pcli.headpose import canonical
+
+        canon = canonical(tgt.landmarks, tgt.rotation, tgt.translation, tgt.scale)
+        tgt, lids = self._open_lids(tgt, canon)
         with self.torch.inference_mode():
             field = self.coarse_field(tgt)
             plan = self._mouth_plan(tgt) if self.mouth is not None else None
             if self.gpu:
-                return self._render_gpu(field, plan)
-            return self._render_cpu(field.numpy(), plan)
+                return self._render_gpu(field, plan, lids)
+            return self._render_cpu(field.numpy(), plan, lids)
 
     def _patch_fields(self, field):
         """Split (B, G, 2) node values into one (B, ny, nx, 2) grid per patch."""
@@ -346,7 +369,7 @@ class WarpRenderer:
         dense += self.ident[b.y0 : b.y1, b.x0 : b.x1]
         return dense
 
-    def _render_cpu(self, field: np.ndarray, plan: _MouthPlan | None) -> np.ndarray:
+    def _render_cpu(self, field: np.ndarray, plan: _MouthPlan | None, lids: list) -> np.ndarray:
         import cv2
 
         roi = self.roi
@@ -358,9 +381,14 @@ class WarpRenderer:
         for i in range(len(field)):
             dense = self._dense_cpu(grids, i)
             region = frames[i, roi.y0 : roi.y1, roi.x0 : roi.x1]
-            cv2.remap(self.crop, dense, None, cv2.INTER_LINEAR, dst=region, borderMode=cv2.BORDER_REPLICATE)
+            self._sample_cpu(dense, region)
+            for w in lids:
+                if w.frame == i:
+                    x0, y0 = w.origin
+                    w.pos = np.ascontiguousarray(dense[y0 : y0 + w.size[1], x0 : x0 + w.size[0]])
             if i in slot:
                 crops.append(self._mouth_crop_cpu(dense, plan.affine[slot[i]]))
+        self._lids_cpu(frames, lids)
         if crops:
             torch = self.torch
             warped = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float()
@@ -373,7 +401,7 @@ class WarpRenderer:
                 _add_crop(frames[i], delta[j], plan.affine[j])
         return frames
 
-    def _render_gpu(self, field, plan: _MouthPlan | None) -> np.ndarray:
+    def _render_gpu(self, field, plan: _MouthPlan | None, lids: list) -> np.ndarray:
         torch = self.torch
         fnn = torch.nn.functional
         roi = self.roi
@@ -389,13 +417,124 @@ class WarpRenderer:
         scale = torch.tensor([2.0 / max(roi.w - 1, 1), 2.0 / max(roi.h - 1, 1)], device=self.device)
         grid = pos.permute(0, 2, 3, 1) * scale - 1.0
         out = fnn.grid_sample(self.src_t.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
-                              align_corners=True)[:, :3]
+                              align_corners=True)
+        if self.backdrop is not None:  # the warped person over the still background
+            out = out[:, :3] + (1 - out[:, 3:4]) * self.plate_t
+        else:
+            out = out[:, :3]
+        self._lids_gpu(pos, out, lids)
         if plan is not None:
             self._paint_gpu(out, pos, plan)
         region = out.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)
         frames = self.full_t[None].repeat(b, 1, 1, 1)
         frames[:, roi.y0 : roi.y1, roi.x0 : roi.x1] = region
         return frames.cpu().numpy()
+
+    # ---- background and eyelids -------------------------------------------------------------------
+
+    def _separate(self, crop_lm: np.ndarray):
+        """The person and the still background of the working region (backdrop.separate), or None with a note."""
+        from a2pcli.backdrop import separate
+
+        bd, why = separate(self.crop, crop_lm, self.unit)
+        if bd is None:
+            self.notes.append(f"the background moves with the head near it ({why})")
+        return bd
+
+    def _sample_cpu(self, dense: np.ndarray, region: np.ndarray) -> None:
+        """The portrait sampled at `dense` (h, w, 2 working-region pixels) into `region`: the warped person
+        (premultiplied) over the still background plate when there is one."""
+        import cv2
+
+        if self.backdrop is None:
+            cv2.remap(self.crop, dense, None, cv2.INTER_LINEAR, dst=region, borderMode=cv2.BORDER_REPLICATE)
+            return
+        warped = cv2.remap(self.backdrop.layer, dense, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        self.backdrop.composite(warped, region)
+
+    def _plan_lid_boxes(self, plan: FaceTargets) -> list[tuple[int, int] | None]:
+        """Per eye, the (w, h) pixels of the box that holds its lid in any frame of `plan` (within its patch)."""
+        sizes = []
+        for (upper, _, _), lid, patch in zip(EYES, self.lids, self.patches[2:]):
+            if lid is None:
+                sizes.append(None)
+                continue
+            boxes = lid.boxes(plan.landmarks[:, [upper[0], upper[-1]], :2] - self.origin)
+            w, h = (boxes[:, 2:] - boxes[:, :2]).max(0)
+            sizes.append((int(min(w, patch.x1 - patch.x0)), int(min(h, patch.y1 - patch.y0))))
+        return sizes
+
+    def _open_lids(self, tgt: FaceTargets, canon: np.ndarray) -> tuple[FaceTargets, list[_LidWork]]:
+        """The targets with each upper lid kept at the portrait's distance from the lower one (the lid layer
+        closes the eye, not the warp), and the lid layer's work: every frame and eye the lid covers."""
+        work, lm = [], None
+        for e, ((upper, lower, _), lid, size) in enumerate(zip(EYES, self.lids, self.lid_sizes)):
+            if lid is None:
+                continue
+            gap0 = self.face.canon[lower[1:-1], 1] - self.face.canon[upper[1:-1], 1]
+            gap = canon[:, lower[1:-1], 1] - canon[:, upper[1:-1], 1]  # (B, inner points)
+            short = np.clip(gap0[None] - gap, 0.0, None)
+            cover = lid_coverage(gap.mean(1) / max(float(gap0.mean()), 1e-6))
+            todo = np.nonzero(cover >= MIN_COVER)[0]
+            if not len(todo):
+                continue
+            lm = tgt.landmarks.copy() if lm is None else lm
+            # up the face (the pose's y axis) by the shortfall, face units -> pixels
+            lm[todo[:, None], upper[None, 1:-1]] -= ((short * tgt.scale[:, None])[..., None]
+                                                     * tgt.rotation[:, None, :, 1])[todo]
+            boxes = lid.boxes(tgt.landmarks[todo][:, [upper[0], upper[-1]], :2] - self.origin)
+            patch = self.patches[2 + e]
+            for i, b in zip(todo, boxes):  # a box of the eye's fixed size, centred on this frame's, in the patch
+                cx, cy = (b[0] + b[2] - size[0]) // 2, (b[1] + b[3] - size[1]) // 2
+                origin = (int(np.clip(cx, patch.x0, patch.x1 - size[0])), int(np.clip(cy, patch.y0, patch.y1 - size[1])))
+                work.append(_LidWork(int(i), e, float(cover[i]), origin, size))
+        return (tgt if lm is None else FaceTargets(lm, tgt.rotation, tgt.translation, tgt.scale)), work
+
+    def _lid_layers(self, work: list[_LidWork], pos):
+        """For each eye, its items and the lid layer over them: pos (N, h, w, 2) portrait positions, torch."""
+        torch = self.torch
+        for e, lid in enumerate(self.lids_t):
+            items = [w for w in work if w.eye == e]
+            if lid is None or not items:
+                continue
+            p = pos(items)
+            closure = torch.tensor([w.cover for w in items], device=self.device, dtype=torch.float32).view(-1, 1, 1)
+            yield items, lid, p, lid.layer(p, closure)
+
+    def _lids_cpu(self, frames: np.ndarray, work: list[_LidWork]) -> None:
+        """The lids over `frames` (B, H, W, 3) uint8, in place; each item holds its frame's portrait positions."""
+        import cv2
+
+        roi = self.roi
+        for items, lid, _, (src, cover, tone, ink) in self._lid_layers(
+                work, lambda items: self.torch.from_numpy(np.stack([w.pos for w in items]))):
+            skins = np.stack([cv2.remap(self.crop, s, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                              for s in src.numpy()])
+            skins = lid.paint(self.torch.from_numpy(skins.astype(np.float32)), tone, ink).numpy()
+            cover = cover.numpy()[..., None]
+            for w, skin, a in zip(items, skins, cover):
+                x0, y0 = roi.x0 + w.origin[0], roi.y0 + w.origin[1]
+                sub = frames[w.frame, y0 : y0 + w.size[1], x0 : x0 + w.size[0]]
+                sub[:] = np.clip(sub + (skin - sub) * a + 0.5, 0, 255).astype(np.uint8)
+
+    def _lids_gpu(self, pos, out, work: list[_LidWork]) -> None:
+        """pos: (B, 2, h, w) working-region pixels; out: (B, C, h, w) float frames, lids drawn in place."""
+        torch = self.torch
+        roi = self.roi
+        scale = torch.tensor([2.0 / max(roi.w - 1, 1), 2.0 / max(roi.h - 1, 1)], device=self.device)
+
+        def boxes(items):
+            return torch.stack([pos[w.frame, :, w.origin[1] : w.origin[1] + w.size[1],
+                                    w.origin[0] : w.origin[0] + w.size[0]].permute(1, 2, 0) for w in items])
+
+        for items, lid, _, (src, cover, tone, ink) in self._lid_layers(work, boxes):
+            skins = torch.nn.functional.grid_sample(self.crop_t.expand(len(items), -1, -1, -1), src * scale - 1.0,
+                                                    mode="bilinear", padding_mode="border", align_corners=True)
+            skins = lid.paint(skins.permute(0, 2, 3, 1), tone, ink).permute(0, 3, 1, 2)
+            for w, skin, a in zip(items, skins, cover):
+                x0, y0 = w.origin
+                sub = out[w.frame, :3, y0 : y0 + w.size[1], x0 : x0 + w.size[0]]
+                sub.add_((skin - sub) * a[None])
 
     # ---- mouth ------------------------------------------------------------------------------------
 
@@ -493,7 +632,7 @@ class WarpRenderer:
         norm = torch.tensor([2.0 / max(roi.w - 1, 1), 2.0 / max(roi.h - 1, 1)], device=dev)
         at = torch.from_numpy(mouthnet.crop_grid(plan.affine, s) - self.origin).to(dev)  # (M, S, S, 2)
         m = fnn.grid_sample(pos[idx], at * norm - 1.0, mode="bilinear", padding_mode="border", align_corners=True)
-        src = fnn.grid_sample(self.src_t.expand(len(idx), -1, -1, -1), m.permute(0, 2, 3, 1) * norm - 1.0,
+        src = fnn.grid_sample(self.mouth_src_t.expand(len(idx), -1, -1, -1), m.permute(0, 2, 3, 1) * norm - 1.0,
                               mode="bilinear", padding_mode="border", align_corners=True)
         h_img, w_img = self.image.shape[:2]
         at = torch.from_numpy(plan.lip_src).to(dev)
@@ -541,6 +680,18 @@ class WarpRenderer:
         x0, y0 = np.clip(lo, 0, [self.roi.w - 1, self.roi.h - 1])
         x1, y1 = np.clip(hi, [x0 + 1, y0 + 1], [self.roi.w, self.roi.h])
         return WorkingRegion(int(x0), int(y0), int(x1), int(y1))
+
+
+@dataclass
+class _LidWork:
+    """One eye's lid in one frame of a batch: its coverage and the box (working-region pixels) it is drawn in."""
+
+    frame: int
+    eye: int
+    cover: float
+    origin: tuple[int, int]  # x0, y0
+    size: tuple[int, int]  # w, h
+    pos: np.ndarray | None = None  # (h, w, 2) the box's portrait positions, once the frame's warp is known
 
 
 @dataclass

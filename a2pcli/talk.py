@@ -23,8 +23,15 @@ from a2pcli.headpose import apply_pose
 from a2pcli.motion import Motion
 from a2pcli.retarget import FaceTargets, PortraitFace, expression_weights, no_crossing, rotation_power
 
-BLINK_DURATION_S = 0.26  # closing is quicker than opening
+# A blink: the lids close in about 80 ms, stay shut for a frame or so, and reopen more slowly (real blinks
+# last 100-400 ms, the closing phase the quickest).
+BLINK_CLOSE_S, BLINK_SHUT_S, BLINK_OPEN_S = 0.08, 0.04, 0.17
 BLINK_MIN_GAP_S = 1.2
+BLINK_REGULARITY = 4.0  # gamma shape of the intervals between blinks: 1 is a Poisson process, larger is more even
+PAUSE_BOOST = 3.0  # blinks are this many times likelier in a pause of the speech (or at its edges) than in speech
+PAUSE_BELOW_DB = 25.0  # a pause: this far below the speech's loud frames (its 90th percentile of loudness)
+PAUSE_MIN_S = 0.25  # ... lasting at least this long (not the gap before a stop consonant)
+PAUSE_SMOOTH_S = 0.15  # the pause weight spreads this far into the speech on either side: phrase boundaries
 BREATH_HZ, BREATH_UNITS = 0.22, 0.006  # a slow rise and fall of the head, face units
 # the hand-made head motion (rule_head): amplitude (degrees) of yaw, pitch, roll wander, and of the nods on
 # stressed speech
@@ -70,21 +77,85 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, pad)
 
 
-def blink_curve(n: int, fps: float, rate_per_min: float, rng: np.random.Generator) -> np.ndarray:
-    """(T,) eyelid closure 0..1: blinks at random intervals around the given rate."""
-    closure = np.zeros(n, np.float32)
+def blink_seed(seed: int, audio: np.ndarray, image: np.ndarray | None = None) -> np.random.SeedSequence:
+    """The blinks' random stream: the seed mixed with a hash of the speech samples and of the portrait's pixels,
+    so different clips blink at different times and the same inputs with the same seed blink identically."""
+    import hashlib
+
+    def digest(a: np.ndarray) -> int:
+        return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=8).digest(), "little")
+
+    keys = [int(seed) & (2**64 - 1), digest(audio)] + ([digest(image)] if image is not None else [])
+    return np.random.SeedSequence(keys)
+
+
+def pause_weight(audio_db: np.ndarray, fps: float) -> np.ndarray:
+    """(T,) how much likelier a blink is at each frame: 1 in speech, 1 + PAUSE_BOOST in pauses and at their
+    edges (phrase boundaries); all ones for silence or a constant level."""
+    speech = float(np.percentile(audio_db, 90)) if len(audio_db) else -80.0
+    if speech <= -60.0:  # no speech: blinks at an even rate
+        return np.ones(len(audio_db), np.float32)
+    pause = _runs_at_least(audio_db < speech - PAUSE_BELOW_DB, int(round(PAUSE_MIN_S * fps))).astype(np.float64)
+    pause = np.clip(_smooth(pause, PAUSE_SMOOTH_S * fps) * 2.0, 0.0, 1.0)
+    return (1.0 + PAUSE_BOOST * pause).astype(np.float32)
+
+
+def _runs_at_least(mask: np.ndarray, length: int) -> np.ndarray:
+    """`mask` (T,) bool with its runs of True shorter than `length` frames removed."""
+    out = np.zeros_like(mask)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    for a, b in zip(edges[::2], edges[1::2]):
+        if b - a >= length:
+            out[a:b] = True
+    return out
+
+
+def blink_times(n: int, fps: float, rate_per_min: float, rng: np.random.Generator,
+                audio_db: np.ndarray | None = None) -> np.ndarray:
+    """Frame indices (ascending) of blink peaks: a renewal process with gamma-distributed intervals around
+    `rate_per_min`, run on a clock that goes faster in the speech's pauses (pause_weight), so blinks gather at
+    pauses and phrase boundaries while keeping the average rate; at least BLINK_MIN_GAP_S apart."""
     if rate_per_min <= 0 or n == 0:
-        return closure
-    mean_gap = 60.0 / rate_per_min
-    t = rng.uniform(0.3, min(mean_gap, 3.0))
-    dur = BLINK_DURATION_S
-    times = np.arange(n) / fps
-    while t < n / fps:
-        u = (times - t) / dur
-        shape = np.where(u < 0.35, u / 0.35, (1 - u) / 0.65)  # fast close, slower open
-        closure = np.maximum(closure, np.clip(shape, 0, 1) ** 0.8 * (u >= 0) * (u <= 1))
-        t += max(BLINK_MIN_GAP_S, rng.gamma(4.0, mean_gap / 4.0))
-    return closure.astype(np.float32)
+        return np.zeros(0, np.int64)
+    weight = pause_weight(audio_db, fps) if audio_db is not None else np.ones(n, np.float32)
+    weight = weight / weight.mean()
+    clock = np.concatenate([[0.0], np.cumsum(weight) / fps * rate_per_min / 60.0])  # expected blinks so far
+    t_frames = np.arange(n + 1) / fps
+    peaks: list[int] = []
+    c = rng.uniform(0.1, 0.9)  # the first blink: somewhere in the first interval
+    last = -np.inf
+    while c < clock[-1]:
+        t = max(float(np.interp(c, clock, t_frames)), last + BLINK_MIN_GAP_S, BLINK_CLOSE_S)
+        f = int(round(t * fps))
+        if f >= n:
+            break
+        peaks.append(f)
+        last = f / fps
+        c = max(c, float(np.interp(last, t_frames, clock))) + rng.gamma(BLINK_REGULARITY, 1.0 / BLINK_REGULARITY)
+    return np.array(peaks, np.int64)
+
+
+def blink_schedule(audio: np.ndarray, fps: float, n: int, opts: TalkOptions, image: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """Frame indices of the blink peaks talk_targets gives these inputs (seed, speech and portrait pixels)."""
+    rng = np.random.default_rng(blink_seed(opts.seed, audio, image))
+    return blink_times(n, fps, opts.blink_rate, rng, loudness(audio, fps, n))
+
+
+def blink_curve(n: int, fps: float, peaks: np.ndarray) -> np.ndarray:
+    """(T,) eyelid closure 0..1 with a blink peaking at each frame of `peaks`: a quick close, a frame or so
+    shut (1.0 on the peak frame at any frame rate), a slower reopening."""
+    closure = np.zeros(n, np.float32)
+    t = np.arange(n) / fps
+    for p in peaks:
+        d = t - p / fps
+        shut = np.abs(d - BLINK_SHUT_S / 2) <= BLINK_SHUT_S / 2
+        closing = np.clip(1 + d / BLINK_CLOSE_S, 0, 1) * (d < 0)
+        opening = np.clip(1 - (d - BLINK_SHUT_S) / BLINK_OPEN_S, 0, 1) * (d > BLINK_SHUT_S)
+        shape = np.maximum.reduce([shut.astype(np.float64), closing**2 * (3 - 2 * closing),
+                                   opening**2 * (3 - 2 * opening)])
+        closure = np.maximum(closure, shape.astype(np.float32))
+    return closure
 
 
 def blink_delta(canon: np.ndarray, closure: np.ndarray) -> np.ndarray:
@@ -164,16 +235,18 @@ def uses_head_model(opts: TalkOptions) -> bool:
 
 def talk_targets(face: PortraitFace, audio: np.ndarray, fps: float, n: int, lips: np.ndarray, opts: TalkOptions,
                  ref_mean: np.ndarray, template: Motion | None = None, rest: np.ndarray | None = None,
-                 head_motion: np.ndarray | None = None) -> tuple[FaceTargets, list[str]]:
+                 head_motion: np.ndarray | None = None, image: np.ndarray | None = None
+                 ) -> tuple[FaceTargets, list[str]]:
     """Target landmarks and pose for n frames of speech. `lips`: (n, 478, 3) expression deltas from the
     audio2motion model; `rest`: (478, 3) delta from the portrait to the closed mouth they are relative to
     (mouth.closed_rest), None for a portrait whose mouth is closed; `head_motion`: (n, 5) yaw, pitch, roll
     (degrees), x, y (face units) relative to the portrait, from audio2pose.Audio2PoseModel.generate (used without
-    --still or a template; None there: the hand-made rule)."""
+    --still or a template; None there: the hand-made rule); `image`: the portrait's pixels, which (with the seed
+    and the speech) decide when it blinks (blink_seed)."""
     notes: list[str] = []
     rng = np.random.default_rng(opts.seed)
     db = loudness(audio, fps, n)
-    closure = blink_curve(n, fps, opts.blink_rate, rng)
+    closure = blink_curve(n, fps, blink_schedule(audio, fps, n, opts, image))
     expr = expr_w = None  # the template's expression and where it applies (--template-region)
 
     shift = np.zeros((n, 3), np.float32)

@@ -140,7 +140,7 @@ def main() -> None:
                         str(args.size), "--fps", str(args.fps), "--device", args.device, "-o", str(tmp / "cli.mp4"),
                         "-q", "--json", *extra], check=True, capture_output=True, text=True)
         full = time.perf_counter() - t
-        res["cli_frames"] = json.loads(proc.stdout)["frames"]
+        res["cli_frames"] = json.loads(proc.stdout)["outputs"][0]["frames"]
         res["cli_end_to_end_s"] = round(full, 2)
     print(json.dumps(res, indent=2))
 

@@ -119,7 +119,7 @@ class WarpVideoRenderer:
             "batch_size": batch,
             "vram_estimate_gb": round(vram / 1e9, 2),
             "audio": None if audio is None else str(audio.path),
-            "notes": [],
+            "notes": list(renderer.notes),
             "timings_s": {"setup": round(t_setup, 3), "render_and_encode": round(time.perf_counter() - t1, 3)},
             "elapsed_s": round(elapsed, 3),
             "frames_per_s": round(n / max(elapsed, 1e-9), 1),

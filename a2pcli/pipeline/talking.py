@@ -176,7 +176,7 @@ class TalkRun:
         gap = open_mouth_gap(portrait.image, portrait.face)
         rest = closed_rest(gap, a2m.opening_shape(), portrait.face.canon)
         return talk_targets(portrait.face, speech.samples, job.fps, speech.frames, speech.lips, job.talk,
-                            self.models.reference().mean, self._template, rest, speech.head)
+                            self.models.reference().mean, self._template, rest, speech.head, image=portrait.image)
 
     # -- one pair --
 

@@ -275,7 +275,7 @@ def portrait_samples(frames: list[np.ndarray], motion, usable: np.ndarray, pf: i
     if len(js) == 0:
         return None
     sub = FaceTargets(tgt.landmarks[js], tgt.rotation[js], tgt.translation[js], tgt.scale[js])
-    renderer = WarpRenderer(frames[pf], face, sub)
+    renderer = WarpRenderer(frames[pf], face, sub, still_background=False)  # crops come from the portrait itself
     strength = renderer.mouth_strength(sub)
     keep = strength > 0.01
     if not keep.any():
