@@ -153,6 +153,16 @@ class ClipGroup:
         if self.launch.is_main and not self.busy:
             with contextlib.suppress(RuntimeError):  # the others are gone already
                 broadcast_json({"kind": END})
+                self.leave()
+
+    def leave(self) -> None:
+        """Every process, after the last clip: wait for the others, then leave the process group together (a
+        process that tears its connections down while another still uses them can abort at exit)."""
+        from a2pcli.launch import barrier, leave_process_group
+
+        with contextlib.suppress(RuntimeError):
+            barrier()
+        leave_process_group()
 
 
 def join_clip_group(launch: Launch, device_spec: str) -> ClipGroup:
@@ -190,6 +200,7 @@ def serve_clips(group: ClipGroup, dopts, device_spec: str) -> int:
         models = held.get(header["weights"], header["dtype"], header["device"], header["compile"])
         render_share(models, header, arrays, group.share(header["mode"]))
         served += 1
+    group.leave()
     return served
 
 
