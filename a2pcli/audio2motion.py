@@ -31,10 +31,10 @@ import numpy as np
 from a2pcli import features
 from a2pcli.errors import InputError, ModelError
 from a2pcli.landmarks import LOWER_LIP_INNER, N_LANDMARKS, UPPER_LIP_INNER
+from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, model_file_error, read_model_config, read_model_tensors,
+                                write_model_folder)
 
 MODEL_NAME = "audio2motion"  # the shipped model in the registry
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 FORMAT = "a2p.audio2motion"
 FORMAT_VERSION = 1
 INPUT_STRIDE = 2  # the input conv halves the 100 Hz feature rate
@@ -42,6 +42,7 @@ CODE_RATE = features.FRAME_RATE / INPUT_STRIDE  # 50 codes a second
 CHUNK_CODES = 3000  # codes computed per network call (60 s): bounded memory for any length
 RNN_CONTEXT_CODES = 50  # the GRU's working context each side (1 s), see A2MConfig.context_codes
 VERIFY_HINT = "run `a2p models verify` (registry models), or re-export the model folder with `a2p train audio2motion`"
+_KIND = "audio2motion"  # names the model in its errors
 # lower-face region: landmarks whose y in the reference face (face units, y down) is at or below
 # REGION_Y_FULL move freely; between REGION_Y_START (the nose tip) and REGION_Y_FULL (the base of the
 # nose) their motion fades in linearly; above it they do not move.
@@ -308,72 +309,28 @@ def save_model(folder: Path, cfg: A2MConfig, state: dict, basis: np.ndarray, reg
     """Write config.json and model.safetensors into `folder` (each atomically). `state`: the net's
     state_dict."""
     import torch
-    from safetensors.torch import save_file
 
-    from a2pcli.outputs import atomic_path
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
     tensors["basis"] = torch.from_numpy(np.ascontiguousarray(basis, np.float32))
     tensors["region"] = torch.from_numpy(np.ascontiguousarray(region, np.int64))
     tensors["silence_code"] = torch.from_numpy(np.ascontiguousarray(silence_code, np.float32))
-    with atomic_path(folder / WEIGHTS_FILE, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "model": asdict(cfg), "features": feature_settings(),
-           "code_rate": CODE_RATE, "region": {"y_start": REGION_Y_START, "y_full": REGION_Y_FULL}, "meta": meta}
-    with atomic_path(folder / CONFIG_FILE, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
+    write_model_folder(folder, FORMAT, FORMAT_VERSION, tensors, {
+        "model": asdict(cfg), "features": feature_settings(), "code_rate": CODE_RATE,
+        "region": {"y_start": REGION_Y_START, "y_full": REGION_Y_FULL}, "meta": meta})
 
 
 def _corrupt(path: Path, why: str) -> ModelError:
-    return ModelError(f"audio2motion model file is missing or corrupt ({why})", subject=str(path), remedy=VERIFY_HINT)
+    return model_file_error(path, _KIND, why, VERIFY_HINT)
 
 
 def read_config(folder: Path) -> tuple[A2MConfig, dict]:
     """folder/config.json -> (A2MConfig, the whole document)."""
-    path = Path(folder) / CONFIG_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise _corrupt(path, "not found") from None
-    except (OSError, ValueError) as exc:
-        raise _corrupt(path, str(exc)[:120]) from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise _corrupt(path, f"not an {FORMAT} config")
-    if doc.get("version") != FORMAT_VERSION:
-        raise ModelError(f"model format version {doc.get('version')} is not supported (this a2p reads "
-                         f"{FORMAT_VERSION})", subject=str(path), remedy="use the a2p version that trained it")
-    try:
-        cfg = A2MConfig.from_dict(doc["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _corrupt(path, f"bad model section: {exc}") from exc
+    cfg, doc = read_model_config(folder, FORMAT, FORMAT_VERSION, A2MConfig.from_dict, _KIND, VERIFY_HINT)
     if doc.get("features") != json.loads(json.dumps(feature_settings())):
         raise ModelError("the model was trained with other speech-feature settings than this a2p computes",
-                         subject=str(path), remedy="retrain it with this a2p version, or use the a2p that trained it")
+                         subject=str(Path(folder) / CONFIG_FILE),
+                         remedy="retrain it with this a2p version, or use the a2p that trained it")
     return cfg, doc
-
-
-def _read_tensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise _corrupt(path, "not found")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise _corrupt(path, str(exc)[:120]) from exc
 
 
 def load_folder(folder: Path, device: str = "cpu") -> Audio2Motion:
@@ -384,7 +341,7 @@ def load_folder(folder: Path, device: str = "cpu") -> Audio2Motion:
                          remedy="give a folder written by `a2p train audio2motion`, or the name audio2motion")
     cfg, doc = read_config(folder)
     wpath = folder / WEIGHTS_FILE
-    tensors = _read_tensors(wpath)
+    tensors = read_model_tensors(wpath, _KIND, VERIFY_HINT)
     try:
         basis, region, silence = tensors.pop("basis"), tensors.pop("region"), tensors.pop("silence_code")
         state = {k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")}

@@ -37,10 +37,10 @@ import numpy as np
 
 from a2pcli import features, prosody
 from a2pcli.errors import InputError, ModelError
+from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, model_file_error, read_model_config, read_model_tensors,
+                                write_model_folder)
 
 MODEL_NAME = "audio2pose"  # the shipped model in the registry
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 FORMAT = "a2p.audio2pose"
 FORMAT_VERSION = 1
 POSE_RATE = 25.0  # Hz: the rate the model works at (features.FRAME_RATE / INPUT_STRIDE)
@@ -51,6 +51,7 @@ N_INPUT = features.N_MELS + prosody.N_PROSODY
 CHUNK_FRAMES = 3000  # pose frames per network call (2 min): bounded memory for any length
 TIME_FREQS = 16  # sinusoidal embedding of the flow time
 VERIFY_HINT = "run `a2p models verify` (registry models), or re-export the model folder with `a2p train audio2pose`"
+_KIND = "audio2pose"  # names the model in its errors
 _FEATURE_KEYS = ("SAMPLE_RATE", "WIN_LENGTH", "HOP_LENGTH", "N_FFT", "N_MELS", "F_MIN", "F_MAX", "POWER_FLOOR",
                  "LEVEL_PERCENTILE", "SPEECH_RANGE_DB", "FLOOR_DB", "SILENCE_DBFS", "FEATURE_SCALE")
 _PROSODY_KEYS = ("LOUDNESS_UNIT_DB", "LOUDNESS_FLOOR", "F0_MIN", "F0_MAX", "PITCH_RATE", "PITCH_STEP",
@@ -425,76 +426,35 @@ def _check_seed(seed) -> int:
 
 def save_model(folder: Path, cfg: A2PConfig, state: dict, meta: dict) -> None:
     """Write config.json and model.safetensors into `folder` (each atomically). `state`: the net's state_dict."""
-    from safetensors.torch import save_file
-
-    from a2pcli.outputs import atomic_path
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-    with atomic_path(folder / WEIGHTS_FILE, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "model": asdict(cfg), "features": feature_settings(),
-           "pose_rate": POSE_RATE, "pose": list(POSE_NAMES), "meta": meta}
-    with atomic_path(folder / CONFIG_FILE, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
+    write_model_folder(folder, FORMAT, FORMAT_VERSION, tensors, {
+        "model": asdict(cfg), "features": feature_settings(), "pose_rate": POSE_RATE, "pose": list(POSE_NAMES),
+        "meta": meta})
 
 
 def _corrupt(path: Path, why: str) -> ModelError:
-    return ModelError(f"audio2pose model file is missing or corrupt ({why})", subject=str(path), remedy=VERIFY_HINT)
+    return model_file_error(path, _KIND, why, VERIFY_HINT)
 
 
 def read_config(folder: Path) -> tuple[A2PConfig, dict]:
     """folder/config.json -> (A2PConfig, the whole document)."""
-    path = Path(folder) / CONFIG_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise _corrupt(path, "not found") from None
-    except (OSError, ValueError) as exc:
-        raise _corrupt(path, str(exc)[:120]) from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise _corrupt(path, f"not an {FORMAT} config")
-    if doc.get("version") != FORMAT_VERSION:
-        raise ModelError(f"model format version {doc.get('version')} is not supported (this a2p reads "
-                         f"{FORMAT_VERSION})", subject=str(path), remedy="use the a2p version that trained it")
-    try:
-        cfg = A2PConfig.from_dict(doc["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _corrupt(path, f"bad model section: {exc}") from exc
+    cfg, doc = read_model_config(folder, FORMAT, FORMAT_VERSION, A2PConfig.from_dict, _KIND, VERIFY_HINT)
     if doc.get("features") != json.loads(json.dumps(feature_settings())):
         raise ModelError("the model was trained with other speech-feature settings than this a2p computes",
-                         subject=str(path), remedy="retrain it with this a2p version, or use the a2p that trained it")
+                         subject=str(Path(folder) / CONFIG_FILE),
+                         remedy="retrain it with this a2p version, or use the a2p that trained it")
     return cfg, doc
 
 
 def load_folder(folder: Path, device: str = "cpu") -> Audio2PoseModel:
     """A model folder (config.json + model.safetensors) -> Audio2PoseModel, loaded strictly."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError("not a model folder", subject=str(folder),
                          remedy="give a folder written by `a2p train audio2pose`, or the name audio2pose")
     cfg, doc = read_config(folder)
     wpath = folder / WEIGHTS_FILE
-    if not wpath.is_file():
-        raise _corrupt(wpath, "not found")
-    try:
-        state = load_file(str(wpath))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise _corrupt(wpath, str(exc)[:120]) from exc
+    state = read_model_tensors(wpath, _KIND, VERIFY_HINT)
     net = build_network(cfg)
     try:
         net.load_state_dict(state, strict=True)

@@ -23,7 +23,6 @@ A model folder holds `config.json` (MouthConfig as "model", and "meta": training
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,13 +30,14 @@ import numpy as np
 
 from a2pcli import facemesh as fm
 from a2pcli.errors import ModelError
+from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, model_file_error, read_model_config, read_model_tensors,
+                                write_model_folder)
 
 MODEL_NAME = "mouth"  # the shipped model in the registry
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 FORMAT = "a2p.mouth"
 FORMAT_VERSION = 1
 VERIFY_HINT = "run `a2p models verify mouth` (the shipped model), or re-export the model folder with `a2p train mouth`"
+_KIND = "mouth"  # names the model in its errors
 
 # the lip polygons, each a closed contour from the subject's right mouth corner along the upper lip and back
 # along the lower one
@@ -302,70 +302,27 @@ class MouthModel:
 
 def save_model(folder: Path, cfg: MouthConfig, state: dict, meta: dict) -> None:
     """Write config.json and model.safetensors into `folder` (each atomically). `state`: the net's state_dict."""
-    from safetensors.torch import save_file
-
-    from a2pcli.outputs import atomic_path
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-    with atomic_path(folder / WEIGHTS_FILE, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "model": asdict(cfg), "meta": meta}
-    with atomic_path(folder / CONFIG_FILE, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
+    write_model_folder(folder, FORMAT, FORMAT_VERSION, tensors, {"model": asdict(cfg), "meta": meta})
 
 
 def _corrupt(path: Path, why: str) -> ModelError:
-    return ModelError(f"mouth model file is missing or corrupt ({why})", subject=str(path), remedy=VERIFY_HINT)
+    return model_file_error(path, _KIND, why, VERIFY_HINT)
 
 
 def read_config(folder: Path) -> tuple[MouthConfig, dict]:
-    path = Path(folder) / CONFIG_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise _corrupt(path, "not found") from None
-    except (OSError, ValueError) as exc:
-        raise _corrupt(path, str(exc)[:120]) from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise _corrupt(path, f"not an {FORMAT} config")
-    if doc.get("version") != FORMAT_VERSION:
-        raise ModelError(f"mouth model format version {doc.get('version')} is not supported (this a2p reads "
-                         f"{FORMAT_VERSION})", subject=str(path), remedy="use the a2p version that trained it")
-    try:
-        cfg = MouthConfig.from_dict(doc["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _corrupt(path, f"bad model section: {exc}") from exc
-    return cfg, doc
+    return read_model_config(folder, FORMAT, FORMAT_VERSION, MouthConfig.from_dict, _KIND, VERIFY_HINT,
+                             version_noun="mouth model")
 
 
 def load_folder(folder: Path, device: str = "cpu") -> MouthModel:
     """A model folder (config.json + model.safetensors) -> MouthModel, loaded strictly."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError("not a mouth model folder", subject=str(folder), remedy=VERIFY_HINT)
     cfg, doc = read_config(folder)
     wpath = folder / WEIGHTS_FILE
-    if not wpath.is_file():
-        raise _corrupt(wpath, "not found")
-    try:
-        state = load_file(str(wpath))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise _corrupt(wpath, str(exc)[:120]) from exc
+    state = read_model_tensors(wpath, _KIND, VERIFY_HINT)
     net = build_network(cfg)
     try:
         net.load_state_dict(state, strict=True)
