@@ -22,7 +22,6 @@ which is subtracted so that silence is exactly zero).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,8 +30,8 @@ import numpy as np
 from a2pcli import features
 from a2pcli.errors import InputError, ModelError
 from a2pcli.landmarks import LOWER_LIP_INNER, N_LANDMARKS, UPPER_LIP_INNER
-from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, model_file_error, read_model_config, read_model_tensors,
-                                write_model_folder)
+from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, check_settings, model_file_error, read_model_config,
+                                read_model_tensors, write_model_folder)
 
 MODEL_NAME = "audio2motion"  # the shipped model in the registry
 FORMAT = "a2p.audio2motion"
@@ -326,10 +325,7 @@ def _corrupt(path: Path, why: str) -> ModelError:
 def read_config(folder: Path) -> tuple[A2MConfig, dict]:
     """folder/config.json -> (A2MConfig, the whole document)."""
     cfg, doc = read_model_config(folder, FORMAT, FORMAT_VERSION, A2MConfig.from_dict, _KIND, VERIFY_HINT)
-    if doc.get("features") != json.loads(json.dumps(feature_settings())):
-        raise ModelError("the model was trained with other speech-feature settings than this a2p computes",
-                         subject=str(Path(folder) / CONFIG_FILE),
-                         remedy="retrain it with this a2p version, or use the a2p that trained it")
+    check_settings(doc, folder, "features", feature_settings(), "speech-feature")
     return cfg, doc
 
 

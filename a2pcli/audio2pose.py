@@ -29,7 +29,6 @@ and `model.safetensors` (the network's weights).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,8 +36,8 @@ import numpy as np
 
 from a2pcli import features, prosody
 from a2pcli.errors import InputError, ModelError
-from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, model_file_error, read_model_config, read_model_tensors,
-                                write_model_folder)
+from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, check_settings, load_weights_strictly, read_model_config,
+                                read_model_tensors, write_model_folder)
 
 MODEL_NAME = "audio2pose"  # the shipped model in the registry
 FORMAT = "a2p.audio2pose"
@@ -432,17 +431,11 @@ def save_model(folder: Path, cfg: A2PConfig, state: dict, meta: dict) -> None:
         "meta": meta})
 
 
-def _corrupt(path: Path, why: str) -> ModelError:
-    return model_file_error(path, _KIND, why, VERIFY_HINT)
-
 
 def read_config(folder: Path) -> tuple[A2PConfig, dict]:
     """folder/config.json -> (A2PConfig, the whole document)."""
     cfg, doc = read_model_config(folder, FORMAT, FORMAT_VERSION, A2PConfig.from_dict, _KIND, VERIFY_HINT)
-    if doc.get("features") != json.loads(json.dumps(feature_settings())):
-        raise ModelError("the model was trained with other speech-feature settings than this a2p computes",
-                         subject=str(Path(folder) / CONFIG_FILE),
-                         remedy="retrain it with this a2p version, or use the a2p that trained it")
+    check_settings(doc, folder, "features", feature_settings(), "speech-feature")
     return cfg, doc
 
 
@@ -455,14 +448,7 @@ def load_folder(folder: Path, device: str = "cpu") -> Audio2PoseModel:
     cfg, doc = read_config(folder)
     wpath = folder / WEIGHTS_FILE
     state = read_model_tensors(wpath, _KIND, VERIFY_HINT)
-    net = build_network(cfg)
-    try:
-        net.load_state_dict(state, strict=True)
-        if not all(bool(v.isfinite().all()) for v in state.values()):
-            raise ValueError("non-finite weights")
-    except (RuntimeError, ValueError) as exc:
-        raise _corrupt(wpath, f"does not match {CONFIG_FILE}: {str(exc)[:160]}") from exc
-    net.eval().to(device)
+    net = load_weights_strictly(build_network(cfg), state, wpath, _KIND, VERIFY_HINT).to(device)
     return Audio2PoseModel(cfg, net, doc.get("meta", {}), device, folder)
 
 

@@ -83,3 +83,23 @@ def read_model_tensors(path: Path, kind: str, remedy: str) -> dict:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise model_file_error(path, kind, str(exc)[:120], remedy) from exc
+
+
+def check_settings(doc: dict, folder: Path, key: str, settings: dict, what: str) -> None:
+    """A model trained with other `settings` (e.g. speech features) than this a2p computes is refused."""
+    if doc.get(key) != json.loads(json.dumps(settings)):
+        raise ModelError(f"the model was trained with other {what} settings than this a2p computes",
+                         subject=str(Path(folder) / CONFIG_FILE),
+                         remedy="retrain it with this a2p version, or use the a2p that trained it")
+
+
+def load_weights_strictly(net, state: dict, path: Path, kind: str, remedy: str):
+    """`state` into `net` with every key and shape matching and every weight finite, else the model file is
+    named corrupt. Returns `net` in eval mode."""
+    try:
+        net.load_state_dict(state, strict=True)
+        if not all(bool(v.isfinite().all()) for v in state.values()):
+            raise ValueError("non-finite weights")
+    except (RuntimeError, ValueError) as exc:
+        raise model_file_error(path, kind, f"does not match {CONFIG_FILE}: {str(exc)[:160]}", remedy) from exc
+    return net.eval()

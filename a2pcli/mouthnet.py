@@ -30,8 +30,8 @@ import numpy as np
 
 from a2pcli import facemesh as fm
 from a2pcli.errors import ModelError
-from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, model_file_error, read_model_config, read_model_tensors,
-                                write_model_folder)
+from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, load_weights_strictly, read_model_config,
+                                read_model_tensors, write_model_folder)
 
 MODEL_NAME = "mouth"  # the shipped model in the registry
 FORMAT = "a2p.mouth"
@@ -306,9 +306,6 @@ def save_model(folder: Path, cfg: MouthConfig, state: dict, meta: dict) -> None:
     write_model_folder(folder, FORMAT, FORMAT_VERSION, tensors, {"model": asdict(cfg), "meta": meta})
 
 
-def _corrupt(path: Path, why: str) -> ModelError:
-    return model_file_error(path, _KIND, why, VERIFY_HINT)
-
 
 def read_config(folder: Path) -> tuple[MouthConfig, dict]:
     return read_model_config(folder, FORMAT, FORMAT_VERSION, MouthConfig.from_dict, _KIND, VERIFY_HINT,
@@ -323,14 +320,7 @@ def load_folder(folder: Path, device: str = "cpu") -> MouthModel:
     cfg, doc = read_config(folder)
     wpath = folder / WEIGHTS_FILE
     state = read_model_tensors(wpath, _KIND, VERIFY_HINT)
-    net = build_network(cfg)
-    try:
-        net.load_state_dict(state, strict=True)
-        if not all(bool(v.isfinite().all()) for v in state.values()):
-            raise ValueError("non-finite weights")
-    except (RuntimeError, ValueError) as exc:
-        raise _corrupt(wpath, f"does not match {CONFIG_FILE}: {str(exc)[:160]}") from exc
-    net.eval().to(device)
+    net = load_weights_strictly(build_network(cfg), state, wpath, _KIND, VERIFY_HINT).to(device)
     for p in net.parameters():
         p.requires_grad_(False)
     return MouthModel(cfg, net, str(device), doc.get("meta", {}), folder)
