@@ -193,6 +193,14 @@ def _other_rank(train, opts, launch) -> None:
         message, code, own = f"unexpected {type(exc).__name__}: {exc}", EXIT_FAILED, True
     if own or launch.local_rank == 0:
         sys.stderr.write(f"error: rank {launch.rank}: {message}\n")
+    if not own:  # rank 0 meets it too: leave after it, so that torchrun reports rank 0's error line alone
+        import signal
+        import time
+
+        from a2pcli.pipeline.shards import FAILED_EXIT_GRACE_S
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by torchrun meanwhile: silently
+        time.sleep(FAILED_EXIT_GRACE_S)
     raise typer.Exit(code)
 
 
