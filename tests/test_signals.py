@@ -129,3 +129,21 @@ def test_usage_errors_are_one_error_line_and_exit_2(args):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("rank, local_rank, says", [("1", "1", False), ("2", "0", True), ("0", "0", True)])
+def test_a_torchrun_process_stopped_by_torchrun_leaves_quietly(monkeypatch, capsys, rank, local_rank, says):
+    """torchrun sends SIGTERM to the other processes when one fails: only a node's first process says so
+    (rank 0 reports the failure itself), so a bad input under torchrun is one error line, not two."""
+    from a2pcli.cli import app
+
+    def stopped(argv):
+        raise app.Terminated()
+
+    monkeypatch.setattr(app, "_invoke", stopped)
+    for name, value in (("TORCHELASTIC_RUN_ID", "run"), ("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", "4")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as ended:
+        app.main(["doctor"])
+    assert ended.value.code == 143
+    assert ("terminated (SIGTERM)" in capsys.readouterr().err) == says

@@ -149,6 +149,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _stopped_by_torchrun() -> bool:
+    """A torchrun process other than its node's first: torchrun sends SIGTERM to it when another process
+    failed (and said why) or when the whole run is stopped (and the node's first process says so), so it
+    leaves without a line of its own."""
+    rank, local_rank = os.environ.get("RANK", "").strip(), os.environ.get("LOCAL_RANK", "").strip()
+    return "TORCHELASTIC_RUN_ID" in os.environ and rank not in ("", "0") and local_rank not in ("", "0")
+
+
 def _invoke(argv: list[str] | None):
     """Run the command like `app(...)` but with every exception reaching `main`: typer's own main
     turns Ctrl-C into a silent exit 130 and usage errors into click's four-line form."""
@@ -192,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         _report_error("interrupted", EXIT_INTERRUPTED)
         code = EXIT_INTERRUPTED
     except Terminated:
-        _report_error("terminated (SIGTERM); no partial output was kept", EXIT_TERMINATED)
+        if not _stopped_by_torchrun():
+            _report_error("terminated (SIGTERM); no partial output was kept", EXIT_TERMINATED)
         code = EXIT_TERMINATED
     except KeyboardInterrupt:
         _report_error("interrupted; no partial output was kept", EXIT_INTERRUPTED)
