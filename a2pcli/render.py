@@ -22,6 +22,7 @@ change is resampled into the frame, so that nothing outside the mouth changes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -324,10 +325,7 @@ class WarpRenderer:
         a = torch.cat([torch.cat([k, pm], 2), torch.cat([pm.transpose(1, 2), torch.zeros(b, 3, 3, device=dev)], 2)], 1)
         rhs = torch.cat([disp, torch.zeros(b, 3, 2, device=dev)], 1)
         coef = _solve(a, rhs)
-        g = self.grid[None] * u
-        kg = _tps_kernel(_sqdist(g.expand(b, -1, -1), p))
-        field = kg @ coef[:, :n] + torch.cat([torch.ones_like(g[..., :1]), g], 2) @ coef[:, n:]
-        return field * self.unit  # (B, G, 2): the patches' nodes one after the other
+        return _tps_at_nodes(self.grid * u, p, coef) * self.unit  # (B, G, 2): the patches' nodes one after the other
 
     # ---- frames -----------------------------------------------------------------------------------
 
@@ -742,8 +740,22 @@ def _solve(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
     import torch
 
     if a.device.type == "cpu":
-        return torch.from_numpy(np.linalg.solve(a.double().numpy(), b.double().numpy()).astype(np.float32))
+        with _one_blas_thread():  # a few small systems: threads only wait on each other and on the encoder
+            return torch.from_numpy(np.linalg.solve(a.double().numpy(), b.double().numpy()).astype(np.float32))
     return torch.linalg.solve(a, b)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """NumPy's BLAS limited to one thread for a moment: on the CPU path the small batched solves ran 4-6 times
+    slower with two BLAS threads competing with torch's, OpenCV's and the encoder's threads."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def _sqdist(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
@@ -753,6 +765,30 @@ def _sqdist(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
     aa = a.square().sum(-1, keepdim=True)
     bb = b.square().sum(-1)[:, None, :]
     return torch.baddbmm(aa + bb, a, b.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+
+
+TPS_NODE_CHUNK_CPU = 192  # nodes per step on a CPU: the (B, chunk, N) kernel block stays in cache
+
+
+def _tps_at_nodes(g: "torch.Tensor", p: "torch.Tensor", coef: "torch.Tensor") -> "torch.Tensor":
+    """The thin-plate spline with centres p (B, N, 2) and coefficients coef (B, N + 3, 2) at the nodes
+    g (G, 2) -> (B, G, 2). The squared distances come from one small matmul ([g, |g|^2, 1] . [-2p, 1, |p|^2]);
+    on a CPU the nodes go in chunks so that each kernel block is made, used and dropped while in cache
+    (the whole (B, G, N) block made in several passes over memory took most of the warp's time)."""
+    import torch
+
+    b, n, _ = p.shape
+    ones = torch.ones_like(g[:, :1])
+    g_aug = torch.cat([g, g.square().sum(-1, keepdim=True), ones], 1)  # (G, 4)
+    p_aug = torch.cat([-2.0 * p, torch.ones_like(p[..., :1]), p.square().sum(-1, keepdim=True)], 2)  # (B, N, 4)
+    p_aug = p_aug.transpose(1, 2).contiguous()  # (B, 4, N)
+    w = coef[:, :n] * 0.5  # r^2 log r = (r2 log r2) / 2
+    out = torch.cat([ones, g], 1) @ coef[:, n:]  # the affine part, (B, G, 2)
+    chunk = TPS_NODE_CHUNK_CPU if g.device.type == "cpu" else len(g)
+    for s in range(0, len(g), chunk):
+        r2 = torch.matmul(g_aug[s : s + chunk], p_aug).clamp_min_(1e-12)  # (B, chunk, N)
+        out[:, s : s + chunk] += r2.log().mul_(r2) @ w
+    return out
 
 
 def _tps_kernel(r2: "torch.Tensor") -> "torch.Tensor":
