@@ -22,7 +22,11 @@ change is resampled into the frame, so that nothing outside the mouth changes.
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +153,17 @@ class Patch:
         fy = np.arange(h, dtype=np.float32) * (self.ny - 1) / max(h - 1, 1)
         return np.broadcast_to(fx[None], (h, w)).copy(), np.broadcast_to(fy[:, None], (h, w)).copy()
 
+    def upsample(self, nodes: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Node values (ny, nx, C) float32 bilinearly at the pixels [x0, x1) x [y0, y1) of the working region
+        (inside this box): what `cv2.remap` with `pixel_to_node` gives, without reading the maps."""
+        import cv2
+
+        sx = (self.nx - 1) / max(self.x1 - self.x0 - 1, 1)
+        sy = (self.ny - 1) / max(self.y1 - self.y0 - 1, 1)
+        m = np.array([[sx, 0.0, sx * (x0 - self.x0)], [0.0, sy, sy * (y0 - self.y0)]])
+        return cv2.warpAffine(nodes, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+
     def feather(self, nodes: float = PATCH_FEATHER) -> np.ndarray:
         """(h, w) blend weight: 1 inside, 0 at the box border."""
         fx, fy = self.pixel_to_node
@@ -224,11 +239,11 @@ class WarpRenderer:
 
         window = ramp(roi.h)[:, None] * ramp(roi.w)[None, :]
         ident = np.stack(np.meshgrid(np.arange(roi.w, dtype=np.float32), np.arange(roi.h, dtype=np.float32)), -1)
-        self.maps = [p.pixel_to_node for p in self.patches]
         self.feathers = [None] + [p.feather() for p in self.patches[1:]]
         if self.gpu:
             self.upsample_grids = []
-            for p, (fx, fy) in zip(self.patches, self.maps):
+            for p in self.patches:
+                fx, fy = p.pixel_to_node
                 up = np.stack([fx / max(p.nx - 1, 1) * 2 - 1, fy / max(p.ny - 1, 1) * 2 - 1], -1)
                 self.upsample_grids.append(torch.from_numpy(up.astype(np.float32)).to(dev)[None])
             self.feathers_t = [None] + [torch.from_numpy(f).to(dev)[None, None] for f in self.feathers[1:]]
@@ -242,8 +257,8 @@ class WarpRenderer:
                 self.plate_t = torch.from_numpy(self.backdrop.plate).to(dev).permute(2, 0, 1)[None].to(f32)
             self.full_t = torch.from_numpy(self.image.copy()).to(dev)
         else:
-            self.feathers = [None] + [f[..., None] for f in self.feathers[1:]]
-            self.window = window[..., None]
+            self.unfeathers = [None] + [1.0 - f for f in self.feathers[1:]]
+            self.window = np.repeat(window[..., None], 2, 2)
             self.ident = ident
 
         # mouth
@@ -329,6 +344,34 @@ class WarpRenderer:
 
     # ---- frames -----------------------------------------------------------------------------------
 
+    def render_batches(self, tgt: FaceTargets, batch: int, workers: int | None = None) -> Iterator[np.ndarray]:
+        """(B, H, W, 3) uint8 frames of `tgt`, `batch` frames at a time, in order. On a CPU, batches are
+        rendered by `workers` threads at once (default: one per core, at most CPU_WORKERS_MAX): the warp's
+        work (OpenCV, NumPy, torch) runs outside the GIL, and one batch alone keeps about one core busy.
+        At most `workers` + 1 batches are held at a time."""
+        n = len(tgt)
+        spans = [(s, min(n, s + batch)) for s in range(0, n, batch)]
+        workers = cpu_workers() if workers is None else max(1, int(workers))
+        if self.gpu or workers == 1 or len(spans) < 2:
+            for s, e in spans:
+                yield self.render(tgt.slice(s, e))
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="a2p-render")
+        try:
+            queue = collections.deque()
+            todo = iter(spans)
+            for s, e in itertools.islice(todo, workers + 1):
+                queue.append(pool.submit(self.render, tgt.slice(s, e)))
+            while queue:
+                frames = queue.popleft().result()
+                for s, e in itertools.islice(todo, 1):
+                    queue.append(pool.submit(self.render, tgt.slice(s, e)))
+                yield frames
+        finally:  # an error, Ctrl-C or a consumer that stops early: the batches not started are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def render(self, tgt: FaceTargets) -> np.ndarray:
         """(B, H, W, 3) uint8 whole frames."""
         from a2pcli.headpose import canonical
@@ -355,16 +398,20 @@ class WarpRenderer:
         import cv2
 
         b = box or WorkingRegion(0, 0, self.roi.w, self.roi.h)
-        dense = cv2.remap(grids[0][i], *(m[b.y0 : b.y1, b.x0 : b.x1] for m in self.maps[0]), cv2.INTER_LINEAR)
-        for p, g, (mx, my), f in zip(self.patches[1:], grids[1:], self.maps[1:], self.feathers[1:]):
+        dense = self.patches[0].upsample(grids[0][i], b.x0, b.y0, b.x1, b.y1)
+        for p, g, f, rest in zip(self.patches[1:], grids[1:], self.feathers[1:], self.unfeathers[1:]):
             x0, y0, x1, y1 = max(p.x0, b.x0), max(p.y0, b.y0), min(p.x1, b.x1), min(p.y1, b.y1)
             if x1 <= x0 or y1 <= y0:
                 continue
             sub = dense[y0 - b.y0 : y1 - b.y0, x0 - b.x0 : x1 - b.x0]
             cut = (slice(y0 - p.y0, y1 - p.y0), slice(x0 - p.x0, x1 - p.x0))
-            sub += (cv2.remap(g[i], mx[cut], my[cut], cv2.INTER_LINEAR) - sub) * f[cut]
-        dense *= self.window[b.y0 : b.y1, b.x0 : b.x1]
-        dense += self.ident[b.y0 : b.y1, b.x0 : b.x1]
+            sub[:] = cv2.blendLinear(p.upsample(g[i], x0, y0, x1, y1), np.ascontiguousarray(sub), f[cut], rest[cut])
+        if box is None:
+            cv2.multiply(dense, self.window, dst=dense)
+            cv2.add(dense, self.ident, dst=dense)
+        else:
+            dense *= self.window[b.y0 : b.y1, b.x0 : b.x1]
+            dense += self.ident[b.y0 : b.y1, b.x0 : b.x1]
         return dense
 
     def _render_cpu(self, field: np.ndarray, plan: _MouthPlan | None, lids: list) -> np.ndarray:
@@ -765,6 +812,18 @@ def _sqdist(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
     aa = a.square().sum(-1, keepdim=True)
     bb = b.square().sum(-1)[:, None, :]
     return torch.baddbmm(aa + bb, a, b.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+
+
+CPU_WORKERS_MAX = 4  # threads rendering batches at once on a CPU
+
+
+def cpu_workers() -> int:
+    """Threads for CPU rendering: the cores this process may use, at most CPU_WORKERS_MAX."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(CPU_WORKERS_MAX, cores))
 
 
 TPS_NODE_CHUNK_CPU = 192  # nodes per step on a CPU: the (B, chunk, N) kernel block stays in cache

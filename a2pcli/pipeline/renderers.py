@@ -11,6 +11,7 @@ and says which device it uses once per run. `render_frames` renders into memory 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,10 +106,10 @@ class WarpVideoRenderer:
         reporter.stage("render", total=n)
         t1 = time.perf_counter()
         with VideoWriter(output, (w, h), fps, crf=self.crf, audio=audio, frames_dir=frames_dir) as writer:
-            for start in range(0, n, batch):
-                stop = min(n, start + batch)
-                writer.write_batch(renderer.render(targets.slice(start, stop)))
-                reporter.advance(stop - start)
+            with contextlib.closing(renderer.render_batches(targets, batch)) as batches:  # stopped at once on errors
+                for frames in batches:
+                    writer.write_batch(frames)
+                    reporter.advance(len(frames))
         elapsed = time.perf_counter() - t0
         return {
             "frames": n,
@@ -152,5 +153,4 @@ def render_frames(portrait: Portrait, targets: FaceTargets, device: str = "cpu",
 
     mouth = mouth or (models or Models()).mouth(mouth_model, device)
     renderer = WarpRenderer(portrait.image, portrait.face, targets, device=device, mouth=mouth)
-    for start in range(0, len(targets), batch):
-        yield renderer.render(targets.slice(start, min(len(targets), start + batch)))
+    yield from renderer.render_batches(targets, batch)
