@@ -96,8 +96,7 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for s in range(0, args.frames, batch):
-            frames = renderer.render(tgt.slice(s, min(args.frames, s + batch)))
+        for frames in renderer.render_batches(tgt, batch):
             if sink is not None:
                 sink(frames)
         if args.device.startswith("cuda"):
