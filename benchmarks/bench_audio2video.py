@@ -191,7 +191,9 @@ def main() -> None:
         "template": timed_cli(common + ["--pose", str(template), "-o", str(tmp / "tpl.mp4")]),
     }
     for k in ("generated", "template"):
-        res[k]["summary"] = {key: res[k]["summary"][key] for key in ("frames", "elapsed_s", "timings_s", "device")}
+        summary = res[k]["summary"]
+        one = summary["outputs"][0] if "outputs" in summary else summary  # the summary of the command's one output
+        res[k]["summary"] = {key: one.get(key) for key in ("frames", "elapsed_s", "timings_s", "device")}
     print(json.dumps(res, indent=2))
 
 
