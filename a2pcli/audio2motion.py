@@ -242,9 +242,10 @@ class Audio2Motion:
     device: str = "cpu"
     path: Path | None = None
 
-    def predict_codes(self, audio: np.ndarray) -> np.ndarray:
-        """audio: (N,) float32 16 kHz mono -> (ceil((N // 160 + 1) / 2), K) codes at 50 Hz, silence = 0."""
-        return self.codes_from_logmel(features.log_mel(audio))
+    def predict_codes(self, audio: np.ndarray, logmel: np.ndarray | None = None) -> np.ndarray:
+        """audio: (N,) float32 16 kHz mono -> (ceil((N // 160 + 1) / 2), K) codes at 50 Hz, silence = 0.
+        `logmel`: features.log_mel(audio) when the caller has it already."""
+        return self.codes_from_logmel(features.log_mel(audio) if logmel is None else logmel)
 
     def codes_from_logmel(self, logmel: np.ndarray) -> np.ndarray:
         """logmel: (T100, n_mels) from features.log_mel -> (ceil(T100 / 2), K) codes: the net's output on the
@@ -270,16 +271,18 @@ class Audio2Motion:
             return np.zeros((N_LANDMARKS, 3), np.float32)
         return self.expand((per_code / norm2)[None].astype(np.float32))[0]
 
-    def predict(self, audio: np.ndarray, fps: float, n_frames: int | None = None) -> np.ndarray:
+    def predict(self, audio: np.ndarray, fps: float, n_frames: int | None = None,
+                logmel: np.ndarray | None = None) -> np.ndarray:
         """audio: (N,) float32 mono, 16 kHz -> (T, 478, 3) float32 expression deltas, one per video frame
-        at `fps` (frame i at time i / fps), T = n_frames or round(N / 16000 * fps). Deterministic."""
+        at `fps` (frame i at time i / fps), T = n_frames or round(N / 16000 * fps). Deterministic. `logmel`:
+        features.log_mel(audio) when the caller has it already."""
         audio = _check_audio(audio)
         fps = _check_fps(fps)
         if n_frames is None:
             n_frames = int(round(len(audio) / features.SAMPLE_RATE * fps))
         if int(n_frames) < 0:
             raise InputError(f"must be >= 0, got {n_frames}", subject="n_frames")
-        codes = self.predict_codes(audio) if len(audio) else np.zeros((0, self.config.n_codes), np.float32)
+        codes = self.predict_codes(audio, logmel) if len(audio) else np.zeros((0, self.config.n_codes), np.float32)
         return self.expand(resample_codes(codes, fps, int(n_frames)))
 
 

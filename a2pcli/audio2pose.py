@@ -21,7 +21,9 @@ velocity field over `steps` midpoint steps, with classifier-free guidance on the
 velocity is pushed away from the one the denoiser predicts without speech, which ties the motion more
 firmly to the speech). Every layer is a convolution with a finite receptive field and the noise is
 stationary, so the motion cannot drift: 10 minutes of speech are one pass (in chunks with exact
-overlaps), with no state carried along.
+overlaps), with no state carried along. Memory: the features are made a chunk at a time from the log-mel (held
+whole: 19 MB for 10 minutes, computed once for audio2motion and this model in audio2video), the condition held is
+the audio encoder's output (C channels: 3 MB for 10 minutes), every other array a few MB for any length.
 
 A model folder holds `config.json` (A2PConfig, the feature settings, `meta`: training data and metrics)
 and `model.safetensors` (the network's weights).
@@ -47,7 +49,8 @@ INPUT_STRIDE = int(round(features.FRAME_RATE / POSE_RATE))  # feature frames per
 N_POSE = 5  # yaw, pitch, roll (degrees), x, y (face units)
 POSE_NAMES = ("yaw", "pitch", "roll", "x", "y")
 N_INPUT = features.N_MELS + prosody.N_PROSODY
-CHUNK_FRAMES = 3000  # pose frames per network call (2 min): bounded memory for any length
+CHUNK_FRAMES = 2000  # pose frames per denoiser call (80 s): bounded memory for any length
+ENCODE_FRAMES = 1000  # pose frames per audio encoder call (40 s): its input rows are made a chunk at a time
 TIME_FREQS = 16  # sinusoidal embedding of the flow time
 VERIFY_HINT = "run `a2p models verify` (registry models), or re-export the model folder with `a2p train audio2pose`"
 _KIND = "audio2pose"  # names the model in its errors
@@ -195,10 +198,12 @@ def build_network(cfg: A2PConfig):
             """(B, C, T) encoder output -> (B, C * blocks, T) per-block terms (frame by frame)."""
             return self.cond(cond)
 
-        def forward(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def forward(self, x: torch.Tensor, cond, t: torch.Tensor) -> torch.Tensor:
+            """cond: (B, C * blocks, T) from prepare, or the blocks' parts of it, (B, C, T) each, one after
+            another (an iterable: inference makes each only when its block runs, block_conds)."""
             arg = t[:, None] * self.freqs[None]
             films = self.time(torch.cat([arg.sin(), arg.cos()], dim=1)).chunk(self.n_blocks, dim=1)
-            conds = cond.chunk(self.n_blocks, dim=1)
+            conds = cond.chunk(self.n_blocks, dim=1) if isinstance(cond, torch.Tensor) else cond
             h = self.inp(x)
             for b, f, c_ in zip(self.blocks, films, conds):
                 h = b(h, f, c_)
@@ -227,42 +232,102 @@ def n_pose_frames(n_feature_frames: int) -> int:
     return (int(n_feature_frames) + INPUT_STRIDE - 1) // INPUT_STRIDE
 
 
-def speech_inputs(audio: np.ndarray, logmel: np.ndarray | None = None) -> np.ndarray:
-    """audio: (N,) float32 16 kHz mono -> (T100, N_INPUT) float32: normalised log-mel and prosody."""
-    if logmel is None:
-        logmel = features.log_mel(audio)
-    return np.concatenate([features.normalise(logmel), prosody.prosody(audio, logmel)], axis=1)
+class SpeechInputs:
+    """The network's inputs for one speech, (T100, N_INPUT) float32 normalised log-mel and prosody, made a range
+    of frames at a time (`rows`), so that the whole array is never built: what is held is the log-mel, its
+    per-utterance statistic (features.speech_shape) and the prosody (T100, N_PROSODY).
+
+    audio: (N,) float32 16 kHz mono; logmel: its features.log_mel when the caller has it already."""
+
+    def __init__(self, audio: np.ndarray, logmel: np.ndarray | None = None):
+        self.logmel = features.log_mel(audio) if logmel is None else logmel
+        self.shape = features.speech_shape(self.logmel) if len(self.logmel) else None
+        self.prosody = prosody.prosody(audio, self.logmel)
+
+    def __len__(self) -> int:
+        return len(self.logmel)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """(b - a, N_INPUT) float32: frames a..b-1, a frame of silence (SILENT_INPUT) for those past the end."""
+        out = np.repeat(SILENT_INPUT[None], b - a, 0)
+        e = min(b, len(self))
+        if e > a:
+            out[: e - a, : features.N_MELS] = features.normalise_with(self.logmel[a:e], self.shape)
+            out[: e - a, features.N_MELS :] = self.prosody[a:e]
+        return out
+
+
+class _ArrayInputs:
+    """SpeechInputs' `rows` over inputs already made whole, (T100, N_INPUT)."""
+
+    def __init__(self, inputs: np.ndarray):
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        part = self.inputs[a:b]
+        if len(part) == b - a:
+            return part
+        return np.concatenate([part, np.repeat(SILENT_INPUT[None], b - a - len(part), 0)])
 
 
 SILENT_INPUT = np.concatenate([np.full(features.N_MELS, features.FLOOR, np.float32),
                                np.array([prosody.LOUDNESS_FLOOR, 0.0, 0.0], np.float32)])  # a frame of silence
 
 
-def _chunks(n: int, margin: int):
-    """(start, stop) of CHUNK_FRAMES-long pieces of n frames, and their windows widened by margin."""
-    for s in range(0, n, CHUNK_FRAMES):
-        e = min(n, s + CHUNK_FRAMES)
+def speech_inputs(audio: np.ndarray, logmel: np.ndarray | None = None) -> np.ndarray:
+    """audio: (N,) float32 16 kHz mono -> (T100, N_INPUT) float32: normalised log-mel and prosody, whole."""
+    inputs = SpeechInputs(audio, logmel)
+    return inputs.rows(0, len(inputs))
+
+
+def _chunks(n: int, margin: int, size: int | None = None):
+    """(start, stop) of `size`-long (default CHUNK_FRAMES) pieces of n frames, and their windows widened by margin."""
+    size = size or CHUNK_FRAMES
+    for s in range(0, n, size):
+        e = min(n, s + size)
         yield s, e, max(0, s - margin), min(n, e + margin)
 
 
-def encode_speech(net, inputs: np.ndarray, cfg: A2PConfig, device: str = "cpu"):
-    """inputs: (T100, N_INPUT) -> the denoiser's condition (1, C * blocks, T) on `device`, T = n_pose_frames(T100).
-    Chunked with overlaps wider than the encoder's reach, so the result equals one pass over the whole input."""
+def encode_speech(net, inputs: SpeechInputs | np.ndarray, cfg: A2PConfig, device: str = "cpu"):
+    """inputs: (T100, N_INPUT) (SpeechInputs, or the array) -> the speech condition, the audio encoder's output
+    (1, C, T) float32 on `device`, T = n_pose_frames(T100): the denoiser's per-block terms (Denoiser.prepare, C *
+    blocks channels) are made from it a chunk and a block at a time (block_conds), so what is held is 1/blocks of
+    them. Chunked with overlaps wider than the encoder's reach, so the result equals one pass over the whole input;
+    the input rows are made a chunk at a time."""
     import torch
 
+    if isinstance(inputs, np.ndarray):
+        inputs = _ArrayInputs(inputs)
     n = n_pose_frames(len(inputs))
-    pad = n * INPUT_STRIDE - len(inputs)
-    x = np.concatenate([inputs, np.repeat(SILENT_INPUT[None], pad, 0)]) if pad else inputs
     margin = 4 + sum(d * (cfg.kernel - 1) // 2 for d in cfg.audio_dilations)
-    out = torch.empty((1, cfg.channels * len(cfg.dilations), n), device=device)
-    for s, e, a, b in _chunks(n, margin):
-        xa = torch.from_numpy(np.ascontiguousarray(x[a * INPUT_STRIDE : b * INPUT_STRIDE].T))[None].to(device)
-        out[:, :, s:e] = net.denoiser.prepare(net.audio(xa)[:, :, s - a : e - a])
+    out = torch.empty((1, cfg.channels, n), device=device)
+    for s, e, a, b in _chunks(n, margin, min(ENCODE_FRAMES, CHUNK_FRAMES)):
+        x = inputs.rows(a * INPUT_STRIDE, b * INPUT_STRIDE)
+        xa = torch.from_numpy(np.ascontiguousarray(x.T))[None].to(device)
+        out[:, :, s:e] = net.audio(xa)[:, :, s - a : e - a]
     return out
 
 
+def block_conds(denoiser, cond, null=None):
+    """Denoiser.prepare(cond) for cond (1, C, L), block by block: (1, C, L) each, made when its block runs (one
+    block's part held at a time, not all of them); with `null` (the prepared zero condition, (1, C * blocks, 1)),
+    (2, C, L): the speech's part and the no-speech part."""
+    import torch
+    import torch.nn.functional as F
+
+    w, bias = denoiser.cond.weight, denoiser.cond.bias  # the 1x1 conv of prepare, its outputs block after block
+    c = w.shape[0] // denoiser.n_blocks
+    for i in range(denoiser.n_blocks):
+        part = F.conv1d(cond, w[i * c : (i + 1) * c], bias[i * c : (i + 1) * c])
+        yield part if null is None else torch.cat([part, null[:, i * c : (i + 1) * c].expand(-1, -1, part.shape[2])])
+
+
 def velocity(net, x, cond, t: float, cfg: A2PConfig, null=None):
-    """The denoiser over the whole sequence x (1, n_pose, T) at flow time t, chunked with exact overlaps;
+    """The denoiser over the whole sequence x (1, n_pose, T) at flow time t, chunked with exact overlaps, given
+    the speech condition `cond` (1, C, T) from encode_speech (made ready a chunk and a block at a time, block_conds);
     with guidance, extrapolated away from the prediction without speech (`null`: the prepared zero
     condition, (1, C * blocks, 1))."""
     import torch
@@ -272,11 +337,11 @@ def velocity(net, x, cond, t: float, cfg: A2PConfig, null=None):
     out = torch.empty_like(x)
     tt = torch.full((1,), float(t), device=x.device)
     for s, e, a, b in _chunks(n, margin):
+        conds = block_conds(net.denoiser, cond[:, :, a:b], null)
         if null is None:
-            v = net.denoiser(x[:, :, a:b], cond[:, :, a:b], tt)
+            v = net.denoiser(x[:, :, a:b], conds, tt)
         else:  # with and without the speech in one batch
-            both = net.denoiser(x[:, :, a:b].expand(2, -1, -1),
-                                torch.cat([cond[:, :, a:b], null.expand(-1, -1, b - a)]), tt.expand(2))
+            both = net.denoiser(x[:, :, a:b].expand(2, -1, -1), conds, tt.expand(2))
             v = both[1:] + cfg.guidance * (both[:1] - both[1:])
         out[:, :, s:e] = v[:, :, s - a : e - a]
     return out
@@ -345,17 +410,24 @@ class Audio2PoseModel:
     device: str = "cpu"
     path: Path | None = None
 
-    def generate_normalised(self, inputs: np.ndarray, seed: int) -> np.ndarray:
-        """inputs: (T100, N_INPUT) from speech_inputs -> (n_pose_frames(T100), n_pose) motion at POSE_RATE in
-        normalised units, before smoothing."""
-        n = n_pose_frames(len(inputs))
-        noise = np.random.default_rng(seed).standard_normal((n, self.config.n_pose)).astype(np.float32)
-        if n == 0:
-            return noise
+    def generate_normalised(self, inputs: SpeechInputs | np.ndarray, seed: int) -> np.ndarray:
+        """inputs: (T100, N_INPUT) (SpeechInputs, or speech_inputs' array) -> (n_pose_frames(T100), n_pose) motion
+        at POSE_RATE in normalised units, before smoothing."""
+        return self.sample_normalised(self.condition(inputs), seed)
+
+    def condition(self, inputs: SpeechInputs | np.ndarray):
+        """inputs: (T100, N_INPUT) -> the speech condition (1, C, n_pose_frames(T100)) (encode_speech)."""
         import torch
 
         with torch.inference_mode():
-            cond = encode_speech(self.net, inputs, self.config, self.device)
+            return encode_speech(self.net, inputs, self.config, self.device)
+
+    def sample_normalised(self, cond, seed: int) -> np.ndarray:
+        """The speech condition (1, C, T) -> (T, n_pose) motion at POSE_RATE in normalised units, before smoothing."""
+        n = cond.shape[2]
+        noise = np.random.default_rng(seed).standard_normal((n, self.config.n_pose)).astype(np.float32)
+        if n == 0:
+            return noise
         return sample(self.net, cond, noise, self.config)
 
     def from_normalised(self, x: np.ndarray) -> np.ndarray:
@@ -380,7 +452,8 @@ class Audio2PoseModel:
         seed = _check_seed(seed)
         if len(audio) == 0:
             return np.zeros((int(n_frames), self.config.n_pose), np.float32)
-        motion = self.from_normalised(self.generate_normalised(speech_inputs(audio, logmel), noise_seed(seed, audio)))
+        cond = self.condition(SpeechInputs(audio, logmel))  # the features are dropped once encoded
+        motion = self.from_normalised(self.sample_normalised(cond, noise_seed(seed, audio)))
         return resample(motion, fps, int(n_frames))
 
 
@@ -389,7 +462,7 @@ def noise_seed(seed: int, audio: np.ndarray) -> int:
     motion (not the same choreography under every speech) and the same speech and seed the same motion."""
     import hashlib
 
-    digest = hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).digest()
+    digest = hashlib.sha256(np.ascontiguousarray(audio, np.float32)).digest()  # the samples' bytes, not copied
     return int.from_bytes(hashlib.sha256(digest + int(seed).to_bytes(8, "little")).digest()[:8], "little")
 
 

@@ -2,6 +2,8 @@
 
     log_mel(audio)          audio: (N,) float32, 16 kHz mono -> (T, N_MELS) float32, natural log of mel power
     normalise(logmel)       (T, N_MELS) -> (T, N_MELS) float32, about unit scale, silence at FLOOR
+    speech_shape(logmel)    (N_MELS,) float32 the utterance's mean speech spectrum (None: silence), and
+    normalise_with(part, shape)   frames of it normalised with that statistic (normalise, a range at a time)
     speech_features(audio)  both in one call (what the model eats)
     frame_level_db(logmel)  (T,) frame loudness in dB relative to a full-scale sine
 
@@ -15,8 +17,10 @@ Normalisation, per utterance (what makes the model robust to loudness and record
   3. everything more than FLOOR_DB below that mean is clipped to the floor, so background noise
      under the floor and digital silence look the same; an utterance whose speech level is below
      SILENCE_DBFS is silence throughout (every feature at FLOOR).
-The STFT runs in chunks of CHUNK_FRAMES frames, so memory stays bounded for any length (10 min of
-audio: about 20 MB of features).
+Every step runs over CHUNK_FRAMES frames at a time (the STFT's chunks overlap by the window), so its
+temporaries stay a few MB for any length; what is held whole is the (T, N_MELS) float32 log-mel itself (10 min
+of audio: 19 MB). speech_shape + normalise_with split normalise into its per-utterance statistic and the
+per-frame step, so that a caller can normalise any range of frames without building the whole result.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ N_FFT = 512  # FFT size: the window zero-padded to the next power of two
 N_MELS = 80
 F_MIN, F_MAX = 55.0, 7600.0  # Hz: the mel bands span the speech band below Nyquist (8 kHz)
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames a second
-CHUNK_FRAMES = 6000  # STFT frames computed at a time (60 s of audio)
+CHUNK_FRAMES = 250  # frames computed at a time (2.5 s of audio): about 3 MB of float64 STFT temporaries
+CHECK_SAMPLES = 1 << 20  # samples checked for finiteness at a time (a 1 MB mask, not one as long as the audio)
 
 POWER_FLOOR = 1e-10  # mel power added before the log: -100 dB re full scale, below any real recording
 LEVEL_PERCENTILE = 95  # the speech level: loud frames, robust to a few clicks
@@ -93,8 +98,9 @@ def check_audio(audio: np.ndarray) -> np.ndarray:
     if audio.ndim != 1:
         raise ValueError(f"audio must be 1-D mono samples, got shape {audio.shape}")
     audio = np.ascontiguousarray(audio, dtype=np.float32)
-    if not np.isfinite(audio).all():
-        raise ValueError("audio holds NaN or infinite samples")
+    for a in range(0, len(audio), CHECK_SAMPLES):
+        if not np.isfinite(audio[a : a + CHECK_SAMPLES]).all():
+            raise ValueError("audio holds NaN or infinite samples")
     return audio
 
 
@@ -121,8 +127,38 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
 
 def frame_level_db(logmel: np.ndarray) -> np.ndarray:
     """(T, N_MELS) ln mel power -> (T,) frame level in dB re a full-scale sine."""
-    m = logmel.max(axis=1, keepdims=True)
-    return (DB_PER_NEPER * (m[:, 0] + np.log(np.exp(logmel - m).sum(axis=1)))).astype(np.float32)
+    out = np.empty(len(logmel), np.float32)
+    for a in range(0, len(logmel), CHUNK_FRAMES):
+        part = logmel[a : a + CHUNK_FRAMES]
+        m = part.max(axis=1, keepdims=True)
+        out[a : a + len(part)] = DB_PER_NEPER * (m[:, 0] + np.log(np.exp(part - m).sum(axis=1)))
+    return out
+
+
+def speech_shape(logmel: np.ndarray) -> np.ndarray | None:
+    """(T, N_MELS) ln mel power of one utterance -> (N_MELS,) float32 the mean over its speech frames (steps 1-2
+    of the module docstring: what normalise subtracts), or None when the utterance is silence (step 3)."""
+    level = frame_level_db(logmel)
+    speech_level = float(np.percentile(level, LEVEL_PERCENTILE))
+    if speech_level < SILENCE_DBFS:
+        return None
+    speech = level >= speech_level - SPEECH_RANGE_DB
+    total = None  # summed in float32 row after row, as logmel[speech].mean(axis=0) does: the same to the bit
+    for a in range(0, len(logmel), CHUNK_FRAMES):
+        rows = logmel[a : a + CHUNK_FRAMES][speech[a : a + CHUNK_FRAMES]]
+        if len(rows):
+            total = np.add.reduce(rows if total is None else np.concatenate([total[None], rows]), axis=0)
+    return np.true_divide(total, int(speech.sum()), dtype=np.float32)
+
+
+def normalise_with(logmel: np.ndarray, shape: np.ndarray | None) -> np.ndarray:
+    """(T, N_MELS) ln mel power (any range of an utterance's frames) and its speech_shape -> (T, N_MELS) float32
+    normalised features: the shape subtracted, scaled, clipped at FLOOR; all FLOOR when shape is None (silence)."""
+    if shape is None:
+        return np.full(logmel.shape, FLOOR, np.float32)
+    feats = np.subtract(logmel, shape, dtype=np.float32)
+    feats /= FEATURE_SCALE
+    return np.maximum(feats, FLOOR, out=feats)
 
 
 def normalise(logmel: np.ndarray) -> np.ndarray:
@@ -131,14 +167,11 @@ def normalise(logmel: np.ndarray) -> np.ndarray:
     logmel = np.asarray(logmel, np.float32)
     if len(logmel) == 0:
         return logmel.copy()
-    level = frame_level_db(logmel)
-    speech_level = float(np.percentile(level, LEVEL_PERCENTILE))
-    if speech_level < SILENCE_DBFS:
-        return np.full(logmel.shape, FLOOR, np.float32)
-    speech = level >= speech_level - SPEECH_RANGE_DB
-    shape = logmel[speech].mean(axis=0)
-    feats = (logmel - shape) / FEATURE_SCALE
-    return np.maximum(feats, FLOOR).astype(np.float32)
+    shape = speech_shape(logmel)
+    out = np.empty(logmel.shape, np.float32)
+    for a in range(0, len(logmel), CHUNK_FRAMES):
+        out[a : a + CHUNK_FRAMES] = normalise_with(logmel[a : a + CHUNK_FRAMES], shape)
+    return out
 
 
 def speech_features(audio: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ normalised per utterance so that speakers and recordings compare:
 
 Pitch is the autocorrelation peak over periods for F0_MIN..F0_MAX Hz in a PITCH_WINDOW window of the
 speech decimated to PITCH_RATE, every PITCH_STEP feature frames, with parabolic interpolation; a period whose multiple scores within OCTAVE_TOLERANCE of it is preferred to
-the multiple (octave errors). Computed PITCH_CHUNK frames at a time: memory stays bounded.
+the multiple (octave errors). Computed PITCH_CHUNK frames at a time, each chunk from its own stretch of the
+speech (decimated with the filter's reach of overlap): memory stays a few MB for any length, and the result equals
+one pass over the whole speech.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ AUDIBLE_POWER = 1e-7  # mean square (about -70 dBFS): quieter frames have no pit
 VOICED = 0.45  # voicing above this counts as voiced
 OCTAVE_TOLERANCE = 0.9  # a shorter period scoring this share of the best one wins (avoids octave-down errors)
 PITCH_MEDIAN = 5  # frames: median filter over the pitch track (octave jumps, single-frame errors)
-PITCH_CHUNK = 1500  # pitch frames computed at a time (60 s of audio)
+PITCH_CHUNK = 100  # pitch frames computed at a time (4 s of audio): about 5 MB of FFT temporaries
 
 
 def _autocorrelation(frames: np.ndarray) -> np.ndarray:
@@ -48,13 +50,28 @@ def _autocorrelation(frames: np.ndarray) -> np.ndarray:
     return ac / np.maximum(ac[:, :1], 1e-12)
 
 
-def _decimate(audio: np.ndarray) -> np.ndarray:
-    """16 kHz -> PITCH_RATE Hz: a windowed-sinc low-pass below the new Nyquist, then every other sample."""
+def _decimation_filter() -> np.ndarray:
+    """(DECIMATE_TAPS,) float32 windowed-sinc low-pass below PITCH_RATE's Nyquist."""
     k = np.arange(-DECIMATE_TAPS // 2 + 1, DECIMATE_TAPS // 2 + 1)
     cutoff = 0.9 / PITCH_DECIMATE  # of the old Nyquist
     h = np.sinc(cutoff * k) * cutoff * np.hamming(len(k))
     h /= h.sum()
-    return np.convolve(audio, h.astype(np.float32), mode="same")[::PITCH_DECIMATE]
+    return h.astype(np.float32)
+
+
+def _decimate(audio: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """16 kHz -> PITCH_RATE Hz: the low-pass, then every PITCH_DECIMATE-th sample; samples start..stop-1 of the
+    decimated speech (default: all), computed from the stretch of `audio` they need (zeros beyond its ends)."""
+    n = (len(audio) + PITCH_DECIMATE - 1) // PITCH_DECIMATE
+    stop = n if stop is None else min(stop, n)
+    if stop <= start:
+        return np.zeros(0, np.float32)
+    reach = DECIMATE_TAPS // 2
+    a, b = start * PITCH_DECIMATE - reach, (stop - 1) * PITCH_DECIMATE + reach + 1  # the samples they need
+    seg = np.zeros(b - a, np.float32)
+    lo, hi = max(a, 0), min(b, len(audio))
+    seg[lo - a : hi - a] = audio[lo:hi]
+    return np.convolve(seg, _decimation_filter(), mode="valid")[::PITCH_DECIMATE]
 
 
 def pitch_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,47 +79,50 @@ def pitch_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     T = features.n_frames(N), on the feature frame grid (computed every PITCH_STEP frames, interpolated)."""
     audio = features.check_audio(audio)
     total = features.n_frames(len(audio))
-    x = _decimate(audio)
-    hop = features.HOP_LENGTH // PITCH_DECIMATE * PITCH_STEP  # samples of x between pitch frames
+    hop = features.HOP_LENGTH // PITCH_DECIMATE * PITCH_STEP  # decimated samples between pitch frames
     n = (total + PITCH_STEP - 1) // PITCH_STEP  # pitch frame j sits on feature frame j * PITCH_STEP
-    lo = int(PITCH_RATE / F0_MAX)
-    hi = int(np.ceil(PITCH_RATE / F0_MIN))
     f0 = np.zeros(n, np.float32)
     voicing = np.zeros(n, np.float32)
     half = PITCH_WINDOW // 2
     for a in range(0, n, PITCH_CHUNK):
         b = min(n, a + PITCH_CHUNK)
-        s0 = a * hop - half
+        s0 = a * hop - half  # the chunk's first decimated sample (negative: zeros before the speech)
         seg = np.zeros((b - 1 - a) * hop + PITCH_WINDOW, np.float32)
-        x0, x1 = max(s0, 0), min(s0 + len(seg), len(x))
-        if x1 > x0:
-            seg[x0 - s0 : x1 - s0] = x[x0:x1]
+        x0 = max(s0, 0)
+        x = _decimate(audio, x0, s0 + len(seg))
+        seg[x0 - s0 : x0 - s0 + len(x)] = x
         frames = np.lib.stride_tricks.sliding_window_view(seg, PITCH_WINDOW)[::hop][: b - a]
-        energy = (frames.astype(np.float64) ** 2).mean(axis=1)
-        ac = _autocorrelation(frames)[:, lo : hi + 1]
-        rows = np.arange(len(ac))
-        best = ac.argmax(axis=1)
-        peak = ac[rows, best]
-        # octave errors: a peak at half the period (twice the frequency) scoring nearly as well is the pitch
-        halfp = np.clip(np.round((best + lo) / 2).astype(np.int64) - lo, 0, ac.shape[1] - 1)
-        use_half = ((best + lo) / 2 >= lo) & (ac[rows, halfp] >= OCTAVE_TOLERANCE * peak)
-        best = np.where(use_half, halfp, best)
-        peak = ac[rows, best]
-        # parabolic interpolation around the peak
-        left, right = ac[rows, np.clip(best - 1, 0, None)], ac[rows, np.clip(best + 1, None, ac.shape[1] - 1)]
-        den = left - 2 * peak + right
-        safe = np.where(np.abs(den) > 1e-9, den, 1.0)
-        shift = np.where(np.abs(den) > 1e-9, 0.5 * (left - right) / safe, 0.0)
-        period = best + lo + np.clip(shift, -0.5, 0.5)
-        audible = energy > AUDIBLE_POWER
-        v = np.where(audible, np.clip(peak, 0.0, 1.0), 0.0)
-        voicing[a:b] = v
-        f0[a:b] = np.where(v > VOICED, PITCH_RATE / period, 0.0)
+        f0[a:b], voicing[a:b] = _pitch_frames(frames)
     f0 = _median_filter_voiced(f0)
     # back to the feature frame grid: voicing interpolated, F0 held from the nearest pitch frame
     pos = np.arange(total) / PITCH_STEP
     near = np.clip(np.round(pos).astype(np.int64), 0, n - 1)
     return f0[near], np.interp(pos, np.arange(n), voicing).astype(np.float32)
+
+
+def _pitch_frames(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F, PITCH_WINDOW) windows of the decimated speech -> F0 in Hz (F,) (0 where unvoiced), voicing (F,)."""
+    lo = int(PITCH_RATE / F0_MAX)
+    hi = int(np.ceil(PITCH_RATE / F0_MIN))
+    energy = (frames.astype(np.float64) ** 2).mean(axis=1)
+    ac = _autocorrelation(frames)[:, lo : hi + 1]
+    rows = np.arange(len(ac))
+    best = ac.argmax(axis=1)
+    peak = ac[rows, best]
+    # octave errors: a peak at half the period (twice the frequency) scoring nearly as well is the pitch
+    halfp = np.clip(np.round((best + lo) / 2).astype(np.int64) - lo, 0, ac.shape[1] - 1)
+    use_half = ((best + lo) / 2 >= lo) & (ac[rows, halfp] >= OCTAVE_TOLERANCE * peak)
+    best = np.where(use_half, halfp, best)
+    peak = ac[rows, best]
+    # parabolic interpolation around the peak
+    left, right = ac[rows, np.clip(best - 1, 0, None)], ac[rows, np.clip(best + 1, None, ac.shape[1] - 1)]
+    den = left - 2 * peak + right
+    safe = np.where(np.abs(den) > 1e-9, den, 1.0)
+    shift = np.where(np.abs(den) > 1e-9, 0.5 * (left - right) / safe, 0.0)
+    period = best + lo + np.clip(shift, -0.5, 0.5)
+    audible = energy > AUDIBLE_POWER
+    v = np.where(audible, np.clip(peak, 0.0, 1.0), 0.0)
+    return np.where(v > VOICED, PITCH_RATE / period, 0.0), v
 
 
 def _median_filter_voiced(f0: np.ndarray) -> np.ndarray:

@@ -77,6 +77,39 @@ def test_long_input_is_chunked_exactly(model, speech, monkeypatch):
     assert np.abs(one_pass - chunked).max() < 1e-4
 
 
+def test_speech_features_made_a_few_frames_at_a_time_equal_one_pass_over_the_whole_input(model, speech,
+                                                                                          monkeypatch):
+    """The log-mel, its normalisation, the 8 kHz copy and pitch track, the network's input rows and the speech
+    condition are made in chunks overlapping by what each step reaches (memory bounded for any length): with tiny
+    chunks they equal one pass over the whole input (the normalisation and the decimation written out whole here)."""
+    from a2pcli import audio2pose, prosody
+
+    audio = speech[: 3 * SR]  # shorter than one default chunk of every step: one pass
+    logmel = features.log_mel(audio)
+    level = features.frame_level_db(logmel)
+    loud = level >= np.percentile(level, features.LEVEL_PERCENTILE) - features.SPEECH_RANGE_DB
+    normalised = np.maximum((logmel - logmel[loud].mean(0)) / features.FEATURE_SCALE, features.FLOOR)
+    decimated = np.convolve(audio, prosody._decimation_filter(), mode="same")[:: prosody.PITCH_DECIMATE]
+    f0, voicing = prosody.pitch_track(audio)
+    inputs = audio2pose.speech_inputs(audio)
+    cond = model.condition(inputs)
+    assert f0.max() > 0, "voiced speech"
+
+    monkeypatch.setattr(features, "CHUNK_FRAMES", 7)
+    monkeypatch.setattr(prosody, "PITCH_CHUNK", 3)
+    monkeypatch.setattr(audio2pose, "ENCODE_FRAMES", 5)
+    assert np.abs(features.log_mel(audio) - logmel).max() < 1e-4
+    assert np.abs(features.normalise(logmel) - normalised).max() < 1e-5
+    assert np.abs(prosody._decimate(audio) - decimated).max() < 1e-6
+    f0_chunked, voicing_chunked = prosody.pitch_track(audio)
+    assert np.abs(f0_chunked - f0).max() < 1e-3 and np.abs(voicing_chunked - voicing).max() < 1e-5
+    rows = audio2pose.SpeechInputs(audio)
+    pieces = np.concatenate([rows.rows(a, a + 11) for a in range(0, len(rows), 11)])
+    assert np.abs(pieces[: len(inputs)] - inputs).max() < 1e-4
+    assert (pieces[len(inputs) :] == audio2pose.SILENT_INPUT).all(), "silence past the end"
+    assert float((model.condition(rows) - cond).abs().max()) < 1e-4
+
+
 def test_bad_inputs(model):
     with pytest.raises(InputError):
         model.generate(np.zeros((2, 100), np.float32), 25.0)

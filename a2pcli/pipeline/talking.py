@@ -135,13 +135,15 @@ class TalkRun:
                 speech.notes.append("--motion aniportrait takes only the head pose from --pose: --template-region "
                                     "is ignored")
         else:
+            from a2pcli import features
             from a2pcli.talk import uses_head_model
 
             reporter.stage("speech to motion", total=1)
-            speech.lips = self.models.audio2motion(job.model).predict(samples, job.fps, n)
+            logmel = features.log_mel(samples)  # once, for both models
+            speech.lips = self.models.audio2motion(job.model).predict(samples, job.fps, n, logmel=logmel)
             if uses_head_model(job.talk):
                 head = self.models.audio2pose(head_model_name(job.talk.head))
-                speech.head = head.generate(samples, job.fps, n, seed=job.seed)
+                speech.head = head.generate(samples, job.fps, n, seed=job.seed, logmel=logmel)
         reporter.advance()
         return speech
 
