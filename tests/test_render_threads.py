@@ -51,3 +51,24 @@ def test_a_consumer_that_stops_early_leaves_no_render_thread_running(moving):
     next(batches)
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("a2p-render")]
+
+
+def test_the_warp_spline_made_in_chunks_equals_the_whole_kernel_block(monkeypatch):
+    """The thin-plate spline at the field's nodes, evaluated a chunk of nodes at a time (the CPU path) or in one
+    block (the GPU path), equals the textbook sum of U(r) = r^2 log r over the centres plus the affine part."""
+    import torch
+
+    from a2pcli import render
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.rand(3, 40, 2, generator=gen) * 4
+    g = torch.rand(500, 2, generator=gen) * 4
+    coef = torch.randn(3, 43, 2, generator=gen, dtype=torch.float64)
+    r = torch.cdist(g.double()[None].expand(3, -1, -1), p.double())
+    u = torch.where(r > 0, r.square() * torch.log(r.clamp_min(1e-300)), torch.zeros_like(r))
+    affine = torch.cat([torch.ones(500, 1, dtype=torch.float64), g.double()], 1)
+    want = u @ coef[:, :40] + affine @ coef[:, 40:]
+    for chunk in (64, 500):
+        monkeypatch.setattr(render, "TPS_NODE_CHUNK_CPU", chunk)
+        got = render._tps_at_nodes(g, p, coef.float()).double()
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-3 * float(want.abs().max())), chunk
