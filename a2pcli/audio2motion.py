@@ -31,7 +31,7 @@ from a2pcli import features
 from a2pcli.errors import InputError, ModelError
 from a2pcli.landmarks import LOWER_LIP_INNER, N_LANDMARKS, UPPER_LIP_INNER
 from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, check_settings, model_file_error, read_model_config,
-                                read_model_tensors, write_model_folder)
+                                read_model_tensors, resolve_model_folder, write_model_folder)
 
 MODEL_NAME = "audio2motion"  # the shipped model in the registry
 FORMAT = "a2p.audio2motion"
@@ -364,25 +364,4 @@ def load_folder(folder: Path, device: str = "cpu") -> Audio2Motion:
 def load_model(name_or_path: str | Path | None = None, device: str = "cpu") -> Audio2Motion:
     """None or "audio2motion": the shipped model (files checked against the registry's sha256); else a
     folder written by `a2p train audio2motion`. ModelError naming the file when one is missing or corrupt."""
-    from a2pcli import registry
-
-    name = MODEL_NAME if name_or_path is None else str(name_or_path)
-    try:
-        folder, _ = registry.resolve(name)
-    except ModelError as exc:
-        if name in _registry_names():
-            raise ModelError(exc.message, subject=exc.subject,
-                             remedy=f"{exc.remedy}; `a2p models verify {name}` re-checks every model file") from exc
-        raise
-    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
-        folder = folder.parent
-    return load_folder(folder, device)
-
-
-def _registry_names() -> set[str]:
-    from a2pcli import registry
-
-    try:
-        return set(registry.load_registry())
-    except ModelError:
-        return set()
+    return load_folder(resolve_model_folder(name_or_path, MODEL_NAME), device)

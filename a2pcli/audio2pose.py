@@ -39,7 +39,7 @@ import numpy as np
 from a2pcli import features, prosody
 from a2pcli.errors import InputError, ModelError
 from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, check_settings, load_weights_strictly, read_model_config,
-                                read_model_tensors, write_model_folder)
+                                read_model_tensors, resolve_model_folder, write_model_folder)
 
 MODEL_NAME = "audio2pose"  # the shipped model in the registry
 FORMAT = "a2p.audio2pose"
@@ -528,16 +528,4 @@ def load_folder(folder: Path, device: str = "cpu") -> Audio2PoseModel:
 def load_model(name_or_path: str | Path | None = None, device: str = "cpu") -> Audio2PoseModel:
     """None or "audio2pose": the shipped model (files checked against the registry's sha256); else a folder
     written by `a2p train audio2pose`. ModelError naming the file when one is missing or corrupt."""
-    from a2pcli import registry
-
-    name = MODEL_NAME if name_or_path is None else str(name_or_path)
-    try:
-        folder, _ = registry.resolve(name)
-    except ModelError as exc:
-        if name == MODEL_NAME:
-            raise ModelError(exc.message, subject=exc.subject,
-                             remedy=f"{exc.remedy}; `a2p models verify {name}` re-checks every model file") from exc
-        raise
-    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
-        folder = folder.parent
-    return load_folder(folder, device)
+    return load_folder(resolve_model_folder(name_or_path, MODEL_NAME), device)

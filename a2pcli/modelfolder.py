@@ -103,3 +103,31 @@ def load_weights_strictly(net, state: dict, path: Path, kind: str, remedy: str):
     except (RuntimeError, ValueError) as exc:
         raise model_file_error(path, kind, f"does not match {CONFIG_FILE}: {str(exc)[:160]}", remedy) from exc
     return net.eval()
+
+
+def resolve_model_folder(name_or_path: str | Path | None, shipped: str) -> Path:
+    """None (the model `shipped`), a registry name (its files checked against the registry's sha256) or a path ->
+    the model folder; a path to a folder's weights or config file gives the folder. A registry model whose files
+    are missing or corrupt: the ModelError's remedy adds `a2p models verify NAME`."""
+    from a2pcli import registry
+
+    name = shipped if name_or_path is None else str(name_or_path)
+    try:
+        folder, _ = registry.resolve(name)
+    except ModelError as exc:
+        if name in _registry_names():
+            raise ModelError(exc.message, subject=exc.subject,
+                             remedy=f"{exc.remedy}; `a2p models verify {name}` re-checks every model file") from exc
+        raise
+    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
+        folder = folder.parent
+    return folder
+
+
+def _registry_names() -> set[str]:
+    from a2pcli import registry
+
+    try:
+        return set(registry.load_registry())
+    except ModelError:
+        return set()

@@ -31,7 +31,7 @@ import numpy as np
 from a2pcli import facemesh as fm
 from a2pcli.errors import ModelError
 from a2pcli.modelfolder import (CONFIG_FILE, WEIGHTS_FILE, load_weights_strictly, read_model_config,
-                                read_model_tensors, write_model_folder)
+                                read_model_tensors, resolve_model_folder, write_model_folder)
 
 MODEL_NAME = "mouth"  # the shipped model in the registry
 FORMAT = "a2p.mouth"
@@ -330,16 +330,4 @@ def load_model(name_or_path: str | Path | None = None, device: str = "cpu") -> M
     """None or "mouth": the shipped model (files checked against the registry's sha256); else a folder
     written by `a2p train mouth`. ModelError (exit 4) naming the file and `a2p models verify` when one is
     missing or corrupt."""
-    from a2pcli import registry
-
-    name = MODEL_NAME if name_or_path is None else str(name_or_path)
-    try:
-        folder, _ = registry.resolve(name)
-    except ModelError as exc:
-        if name == MODEL_NAME:
-            raise ModelError(exc.message, subject=exc.subject,
-                             remedy=f"{exc.remedy}; `a2p models verify {name}` re-checks every model file") from exc
-        raise
-    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
-        folder = folder.parent
-    return load_folder(folder, device)
+    return load_folder(resolve_model_folder(name_or_path, MODEL_NAME), device)
