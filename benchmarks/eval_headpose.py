@@ -1,6 +1,6 @@
 """Head motion from speech (audio2pose) against real talkers, the hand-made rule, and a shuffled-speech control.
 
-    python benchmarks/eval_headpose.py heldout --data DATA [--data ...] [--model M] [--seeds 5] [--out F]
+    python benchmarks/eval_headpose.py heldout --data DATA [--data ...] [--model M] [--seeds 5] [--all] [--out F]
     python benchmarks/eval_headpose.py long [--minutes 10] [--model M] [--out F]
     python benchmarks/eval_headpose.py rendered --data DATA [--clips 10] [--seconds 8] [--out F]
 
@@ -10,8 +10,11 @@ heldout: on the clips of the speakers the model was not trained on (its config l
   of both), then per axis the standard deviation and the mean absolute velocity, averaged over clips, and
   the correlation of head speed with the speech's onsets (the rise of its loudness) per clip. The model's
   numbers are the mean over --seeds seeds; beside them the hand-made rule (`--head rule`) and the control
-  (the model driven by another clip's speech, scored against this clip's onsets). DATA: what `a2p train
-  audio2pose` prepared (OUT/dataset.npz), or a folder of such files.
+  (the model driven by another clip's speech, scored against this clip's onsets). The same correlation with
+  the speech's pitch accents (pitch above its median over 1 s each side: stress), which loudness alone does not
+  show. Paired differences (real - rule, model - rule, ...) with their standard errors over clips; --all adds
+  the training clips (the model in-sample): with 61 clips, whether real talkers move with the speech more than
+  the rule does. DATA: what `a2p train audio2pose` prepared (OUT/dataset.npz), or a folder of such files.
 long: --minutes of speech (the corpus's speech files one after another): no drift (the mean pose of the
   last minute against the first's, per seed), and the time and peak-memory increase of the motion stage
   (features + network) in this process.
@@ -38,9 +41,11 @@ AXES = ("yaw", "pitch", "roll")
 
 
 def held_out_clips(model, data: list[Path]):
+    """The clips of the model's held-out speakers in the prepared data (every clip when model is None or
+    was trained without validation)."""
     from a2pcli.train.audio2pose.data import dataset_files, load_dataset
 
-    names = {r["clip"] for r in (model.meta.get("validation") or {}).get("val_clips", [])}
+    names = {r["clip"] for r in (model.meta.get("validation") or {}).get("val_clips", [])} if model else set()
     files = [f for d in data for f in (dataset_files(d) if d.is_dir() else [d])]
     clips = [c for f in files for c in load_dataset(f)]
     if not names:  # a model without validation: every clip
@@ -57,19 +62,47 @@ def heldout(args) -> dict:
     rows = evaluate_clips(model, clips, args.seeds, rule=True)
     s = summarise(rows)
     f = lambda v: " / ".join(f"{x:.2f}" for x in v)  # noqa: E731
+    rs = lambda r, k: " / ".join(f"{r[f'{w}_{k}_r']:+.2f}" for w in ("real", "model", "rule", "control"))  # noqa: E731
     md = ["| held-out clip | s | real std | model std | rule std | real speed | model speed | rule speed "
-          "| onset r real | model | rule | control |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| onset r real / model / rule / control | accent r real / model / rule / control |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {Path(r['clip']).name} | {r['seconds']:.1f} | {f(r['real_std'])} | {f(r['model_std'])} | "
            f"{f(r['rule_std'])} | {f(r['real_velocity'])} | {f(r['model_velocity'])} | {f(r['rule_velocity'])} | "
-           f"{r['real_onset_r']:+.2f} | {r['model_onset_r']:+.2f} | {r['rule_onset_r']:+.2f} | "
-           f"{r['control_onset_r']:+.2f} |" for r in rows]
+           f"{rs(r, 'onset')} | {rs(r, 'accent')} |" for r in rows]
     md += ["", "| mean over clips | std yaw / pitch / roll (deg) | speed yaw / pitch / roll (deg/s) | "
-           "head speed vs onsets r |", "|---|---|---|---|"]
+           "head speed vs onsets r | vs pitch accents r |", "|---|---|---|---|---|"]
     for who in ("real", "model", "rule", "control"):
-        md.append(f"| {who} | {f(s[who + '_std'])} | {f(s[who + '_velocity'])} | {s[who + '_onset_r']:+.3f} |")
+        md.append(f"| {who} | {f(s[who + '_std'])} | {f(s[who + '_velocity'])} | {s[who + '_onset_r']:+.3f} | "
+                  f"{s[who + '_accent_r']:+.3f} |")
     for who in ("model", "rule"):
-        md.append(f"| {who} / real | {f(s[who + '_std_ratio'])} | {f(s[who + '_velocity_ratio'])} | |")
-    return {"summary": s, "clips": rows, "markdown": "\n".join(md)}
+        md.append(f"| {who} / real | {f(s[who + '_std_ratio'])} | {f(s[who + '_velocity_ratio'])} | | |")
+    res = {"summary": s, "clips": rows}
+    md += ["", *paired_table(rows, "held-out clips")]
+    if args.all:  # the training clips too (the model in-sample): is real motion tied to the speech more than the rule?
+        held = {c.name for c in clips}
+        rest = [c for c in held_out_clips(None, args.data) if c.name not in held]
+        rows_in = evaluate_clips(model, rest, args.seeds, rule=True)
+        res["training_clips"] = {"summary": summarise(rows_in), "clips": rows_in}
+        for folder in sorted({r["clip"].split("/")[0] for r in rows_in}):  # each data folder on its own (GRID apart)
+            part = [r for r in rows_in if r["clip"].split("/")[0] == folder]
+            res["training_clips"][folder] = summarise(part)
+            md += ["", *paired_table(part, f"training clips of {folder}/ (the model in-sample)")]
+    res["markdown"] = "\n".join(md)
+    return res
+
+
+def paired_table(rows: list[dict], what: str) -> list[str]:
+    """Differences of the head-speed correlations between two kinds of motion on the same clips: mean, its
+    standard error over clips, and on how many clips the first is higher."""
+    out = [f"| {what}: {len(rows)} clips | onsets: difference ± s.e. (higher on) | pitch accents |", "|---|---|---|"]
+    for a, b in (("real", "rule"), ("model", "rule"), ("model", "control"), ("real", "control")):
+        cells = []
+        for k in ("onset", "accent"):
+            d = np.array([r[f"{a}_{k}_r"] - r[f"{b}_{k}_r"] for r in rows])
+            se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            cells.append(f"{d.mean():+.3f} ± {se:.3f} ({int((d > 0).sum())}/{len(d)})")
+        out.append(f"| {a} - {b} | {cells[0]} | {cells[1]} |")
+    return out
 
 
 def long_speech(minutes: float) -> np.ndarray:
@@ -186,6 +219,8 @@ def main() -> None:
     h = sub.add_parser("heldout")
     h.add_argument("--data", type=Path, action="append", required=True)
     h.add_argument("--seeds", type=int, default=5)
+    h.add_argument("--all", action="store_true", help="also measure the training clips (the model in-sample) and "
+                   "compare real motion with the rule on them, per data folder")
     lo = sub.add_parser("long")
     lo.add_argument("--minutes", type=float, default=10.0)
     lo.add_argument("--seeds", type=int, default=3)

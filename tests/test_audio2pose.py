@@ -298,3 +298,21 @@ def test_two_processes_under_torchrun_train_it_and_write_once(tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert load_model(str(out)).generate(np.zeros(SR, np.float32), 25.0).shape == (25, N_POSE)
+
+
+def test_pitch_accents_are_found_where_the_pitch_rises_above_its_surroundings():
+    """The stress measure the evaluation correlates head speed with: a pitch rise in voiced speech is an
+    accent at its time; flat pitch and unvoiced stretches are none."""
+    from a2pcli.train.audio2pose.evaluate import accent_strength
+
+    fps, seconds = 25.0, 4.0
+    rows = np.zeros((int(seconds * 100), 3), np.float32)  # [loudness, pitch (octaves), voicing] at 100 Hz
+    rows[:300, 2] = 0.9  # voiced for 3 s, unvoiced after
+    rows[140:160, 1] = 0.5  # half an octave up at 1.4-1.6 s
+    rows[320:340, 1] = 0.5  # the same rise while unvoiced: no pitch there
+    acc = accent_strength(rows, fps, int(seconds * fps))
+    assert acc.shape == (100,)
+    assert np.isfinite(acc).all() and (acc >= 0).all()
+    assert int(np.argmax(acc)) in range(35, 41)
+    assert acc[:20].max() < 0.05 * acc.max()  # flat voiced pitch
+    assert acc[78:].max() < 0.05 * acc.max()  # unvoiced
