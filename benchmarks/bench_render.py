@@ -66,14 +66,23 @@ def main() -> None:
     # a motion of exactly --frames frames at --fps: loop the driving motion as needed
     reps = int(np.ceil(args.frames * motion.fps / args.fps / len(motion))) + 1
     t = time.perf_counter()
+    import a2pcli.backdrop as backdrop
+
+    segmented: list[np.ndarray] = []
     if args.bundle:
         from a2pcli.retarget import portrait_face
 
         with np.load(args.bundle) as z:
             bundle = {k: z[k] for k in z.files}
         portrait = Portrait(bundle["image"], portrait_face(bundle["landmarks"], load_reference()), args.portrait, 1)
+        if "person" in bundle:  # the person segmentation made where mediapipe runs: the same still background
+            backdrop.segment_person = lambda image: bundle["person"] if image.shape[:2] == bundle["person"].shape \
+                else None
     else:
         portrait = load_portrait(args.portrait, PortraitOptions(crop=True, size=args.size))
+        if args.save_bundle:  # keep what the segmentation finds, for a machine without mediapipe
+            found = backdrop.segment_person
+            backdrop.segment_person = lambda image: segmented.append(found(image)) or segmented[-1]
     res["portrait_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -105,13 +114,16 @@ def main() -> None:
 
     first = renderer.render(tgt.slice(0, 16))
     if args.save_bundle:
-        np.savez_compressed(args.save_bundle, image=portrait.image, landmarks=portrait.face.landmarks, frames=first)
+        person = {"person": segmented[0]} if segmented and segmented[0] is not None else {}
+        np.savez_compressed(args.save_bundle, image=portrait.image, landmarks=portrait.face.landmarks, frames=first,
+                            **person)
     if args.bundle:
         diff = np.abs(first.astype(np.int16) - bundle["frames"].astype(np.int16))
         mse = float((diff.astype(np.float64) ** 2).mean())
         res["vs_reference"] = {"max_abs": int(diff.max()), "mean_abs": round(float(diff.mean()), 4),
                                "psnr_db": round(10 * np.log10(255**2 / max(mse, 1e-12)), 2),
                                "share_of_pixels_off_by_more_than_2": round(float((diff > 2).mean()), 6)}
+    res["renderer_notes"] = list(renderer.notes)  # e.g. no still background on a machine without mediapipe
     render_all()  # warm-up
     dt = render_all()
     res["render_only_fps"] = round(args.frames / dt, 1)
