@@ -8,7 +8,9 @@ around the real mouth is compared, rendered against real.
 Per clip: SSIM (luma, Gaussian window 11, sigma 1.5) and PSNR (RGB) of the crops, the Laplacian variance of the
 rendered crops over the real ones' (sharpness; 1 = as sharp as the real mouth), the mean luma of the rendered
 mouth interior minus the real one's (inside the real inner lip line), and the same SSIM and PSNR for the
-portrait's unmoved mouth (the first frame repeated), for scale. The crop: centred on the real outer lip line,
+portrait's unmoved mouth (the first frame repeated), for scale, and for the rendered crop with the real interior
+pasted in (the real pixels inside the real inner lip line grown by one pixel): what a perfect interior would score,
+the ceiling of what any mouth model can add over another here. The crop: centred on the real outer lip line,
 CROP_WIDTHS times the real mouth's width on a side. A frame counts when the real inner-lip gap exceeds the
 portrait's by more than --open-margin face units (a mouth "clearly wider" than the portrait's).
 
@@ -77,6 +79,13 @@ def inner_mask(lm: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return mask.astype(bool)
 
 
+def real_interior(inner: np.ndarray) -> np.ndarray:
+    """The inner-lip mask grown by one pixel: the real pixels pasted for the perfect-interior reference."""
+    import cv2
+
+    return cv2.dilate(inner.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+
+
 def load_clip(video: Path, poses: list[Path], frames: int, max_side: int):
     """Real frames at the comparison size, the first one as written to disk, and the motion (sliced)."""
     from a2pcli.errors import A2PError
@@ -133,7 +142,8 @@ def evaluate_clip(video: Path, poses: list[Path], frames: int, max_side: int, ma
     opened[0] = False
     tgt = motion_targets(portrait, motion, RetargetOptions(region="all")).slice(0, len(real))
     lm_real = motion.landmarks * lm_scale
-    rows = {k: [] for k in ("ssim", "psnr", "ssim_still", "psnr_still", "lap", "lap_real", "interior_luma")}
+    rows = {k: [] for k in ("ssim", "psnr", "ssim_still", "psnr_still", "lap", "lap_real", "interior_luma",
+                            "ssim_real_interior", "psnr_real_interior")}
     picked = []
     i = 0
     for chunk in render_frames(portrait, tgt, device=device, mouth_model=mouth_model):
@@ -151,6 +161,11 @@ def evaluate_clip(video: Path, poses: list[Path], frames: int, max_side: int, ma
                 m = inner_mask(lm_real[i], box)
                 if m.any():
                     rows["interior_luma"].append(float(q.luma(r)[m].mean() - q.luma(g)[m].mean()))
+                pasted = r.copy()
+                grown = real_interior(m)
+                pasted[grown] = g[grown]
+                rows["ssim_real_interior"].append(q.ssim(pasted, g))
+                rows["psnr_real_interior"].append(q.psnr(pasted, g))
                 picked.append((i, np.concatenate([g, r, still], 1)))
             i += 1
     if not rows["ssim"]:
@@ -161,6 +176,7 @@ def evaluate_clip(video: Path, poses: list[Path], frames: int, max_side: int, ma
     return {"clip": video.name, "size": list(size), "frames": len(real), "compared": len(rows["ssim"]),
             "ssim": mean["ssim"], "psnr": mean["psnr"], "ssim_still": mean["ssim_still"], "psnr_still": mean["psnr_still"],
             "sharpness": mean["lap"] / max(mean["lap_real"], 1e-9), "interior_luma_diff": mean["interior_luma"],
+            "ssim_real_interior": mean["ssim_real_interior"], "psnr_real_interior": mean["psnr_real_interior"],
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -261,10 +277,11 @@ def main(argv=None) -> int:
            "mouth_model": args.mouth_model, "code": q.code_version(), "machine": platform.platform(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": round(time.perf_counter() - t0, 1),
            "clips": results, "skipped": skipped}
-    rows = [[r["clip"], r["compared"], r["ssim"], r["psnr"], r["ssim_still"], r["psnr_still"], r["sharpness"],
-             r["interior_luma_diff"]] for r in results]
+    rows = [[r["clip"], r["compared"], r["ssim"], r["psnr"], r["ssim_still"], r["psnr_still"],
+             r["ssim_real_interior"], r["psnr_real_interior"], r["sharpness"], r["interior_luma_diff"]] for r in results]
     md = f"## Mouth crops ({args.label})\n\n" + q.markdown_table(
-        ["clip", "frames", "SSIM", "PSNR", "SSIM unmoved", "PSNR unmoved", "sharpness", "interior luma diff"], rows) + "\n"
+        ["clip", "frames", "SSIM", "PSNR", "SSIM unmoved", "PSNR unmoved", "SSIM real interior", "PSNR real interior",
+         "sharpness", "interior luma diff"], rows) + "\n"
     _write(args.out, md, doc)
     return 0
 
