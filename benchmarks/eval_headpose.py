@@ -40,17 +40,21 @@ SHARED = Path(os.environ.get("A2P_SHARED", Path(__file__).resolve().parents[2] /
 AXES = ("yaw", "pitch", "roll")
 
 
-def held_out_clips(model, data: list[Path]):
-    """The clips of the model's held-out speakers in the prepared data (every clip when model is None or
-    was trained without validation)."""
-    from a2pcli.train.audio2pose.data import dataset_files, load_dataset
-
-    names = {r["clip"] for r in (model.meta.get("validation") or {}).get("val_clips", [])} if model else set()
-    files = [f for d in data for f in (dataset_files(d) if d.is_dir() else [d])]
-    clips = [c for f in files for c in load_dataset(f)]
+def held_out_clips(model, data: list[Path], every: list | None = None):
+    """The clips of the model's held-out speakers in the prepared data (every clip when the model was trained
+    without validation). `every`: the data's clips, when already loaded."""
+    names = {r["clip"] for r in (model.meta.get("validation") or {}).get("val_clips", [])}
+    clips = every if every is not None else all_clips(data)
     if not names:  # a model without validation: every clip
         return clips
     return [c for c in clips if c.name in names]
+
+
+def all_clips(data: list[Path]):
+    from a2pcli.train.audio2pose.data import dataset_files, load_dataset
+
+    files = [f for d in data for f in (dataset_files(d) if d.is_dir() else [d])]
+    return [c for f in files for c in load_dataset(f)]
 
 
 def heldout(args) -> dict:
@@ -58,7 +62,8 @@ def heldout(args) -> dict:
     from a2pcli.train.audio2pose.evaluate import evaluate_clips, summarise
 
     model = load_model(args.model)
-    clips = held_out_clips(model, args.data)
+    every = all_clips(args.data)
+    clips = held_out_clips(model, args.data, every)
     rows = evaluate_clips(model, clips, args.seeds, rule=True)
     s = summarise(rows)
     f = lambda v: " / ".join(f"{x:.2f}" for x in v)  # noqa: E731
@@ -80,7 +85,7 @@ def heldout(args) -> dict:
     md += ["", *paired_table(rows, "held-out clips")]
     if args.all:  # the training clips too (the model in-sample): is real motion tied to the speech more than the rule?
         held = {c.name for c in clips}
-        rest = [c for c in held_out_clips(None, args.data) if c.name not in held]
+        rest = [c for c in every if c.name not in held]
         rows_in = evaluate_clips(model, rest, args.seeds, rule=True)
         res["training_clips"] = {"summary": summarise(rows_in), "clips": rows_in}
         for folder in sorted({r["clip"].split("/")[0] for r in rows_in}):  # each data folder on its own (GRID apart)
