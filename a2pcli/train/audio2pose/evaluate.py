@@ -84,10 +84,10 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def speed_onset_r(euler: np.ndarray, onsets: np.ndarray, fps: float) -> float:
+def speed_r(euler: np.ndarray, signal: np.ndarray, fps: float) -> float:
     """Pearson correlation of head speed with a per-frame speech signal (onsets, accents) over the common frames."""
-    n = min(len(euler), len(onsets))
-    return _corr(head_speed(euler[:n], fps), onsets[:n]) if n > 2 else 0.0
+    n = min(len(euler), len(signal))
+    return _corr(head_speed(euler[:n], fps), signal[:n]) if n > 2 else 0.0
 
 
 def held_out_motion(clip: PoseClip) -> list[tuple[int, int, np.ndarray]]:
@@ -167,7 +167,7 @@ def _score(prefix: str, draws: list[list[np.ndarray]], spans, signals: dict[str,
         std.append(np.average([s["std"] for s in st], axis=0, weights=w))
         vel.append(np.average([s["velocity"] for s in st], axis=0, weights=w))
         for k, sig in signals.items():
-            rs[k].append(np.average([speed_onset_r(e, sig[a:b], fps) for e, (a, b, _) in zip(run, spans)], weights=w))
+            rs[k].append(np.average([speed_r(e, sig[a:b], fps) for e, (a, b, _) in zip(run, spans)], weights=w))
     out = {f"{prefix}_std": [round(float(v), 3) for v in np.mean(std, 0)],
            f"{prefix}_velocity": [round(float(v), 3) for v in np.mean(vel, 0)]}
     out.update({f"{prefix}_{k}_r": round(float(np.mean(v)), 4) for k, v in rs.items()})
