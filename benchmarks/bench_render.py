@@ -76,13 +76,18 @@ def main() -> None:
             bundle = {k: z[k] for k in z.files}
         portrait = Portrait(bundle["image"], portrait_face(bundle["landmarks"], load_reference()), args.portrait, 1)
         if "person" in bundle:  # the person segmentation made where mediapipe runs: the same still background
-            backdrop.segment_person = lambda image: bundle["person"] if image.shape[:2] == bundle["person"].shape \
-                else None
+            person = bundle["person"]
+            backdrop.segment_person = lambda image: person if image.shape[:2] == person.shape else None
     else:
         portrait = load_portrait(args.portrait, PortraitOptions(crop=True, size=args.size))
         if args.save_bundle:  # keep what the segmentation finds, for a machine without mediapipe
             found = backdrop.segment_person
-            backdrop.segment_person = lambda image: segmented.append(found(image)) or segmented[-1]
+
+            def keep(image: np.ndarray) -> np.ndarray | None:
+                segmented.append(found(image))
+                return segmented[-1]
+
+            backdrop.segment_person = keep
     res["portrait_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
