@@ -133,12 +133,26 @@ def join_process_group(launch: Launch, backend: str, timeout_s: float) -> None:
     atexit.register(leave_process_group)
 
 
+# How long leaving the group lets the group's worker threads take the GIL: see leave_process_group.
+GLOO_SETTLE_S = 0.05
+
+
 def leave_process_group() -> None:
+    """Leaves the default group, then lets its worker threads finish while the interpreter is whole.
+
+    gloo's worker threads outlive the group (torch keeps it), and after a collective has completed, a worker
+    still releases the collective's tensors, which takes the GIL; a process whose main thread runs straight
+    on into the interpreter's teardown can leave a worker waiting for the GIL then, and a thread that takes
+    the GIL during teardown is ended under that release: the process aborts ("terminate called without an
+    active exception", SIGABRT) after a run that succeeded. Sleeping a moment here hands the GIL over."""
+    import time
+
     import torch.distributed as dist
 
     if dist.is_initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+        time.sleep(GLOO_SETTLE_S)
 
 
 def all_gather_json(value) -> list:
