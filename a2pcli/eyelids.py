@@ -6,10 +6,12 @@ eye where the warp puts an open eye and draws the lid over it: from the top of t
 edge, skin, and along the edge a lash line. The iris disappears under the lid as in a real blink; at full
 closure the lid's edge lies on the lower lid.
 
-The skin is the portrait's own, from around the eye: the eye (what is neither the lid's skin above nor the
-cheek's below, grown from the face mesh's eye outline: sclera, iris, lashes, a drawn lid line) is inpainted
-once per portrait from its surroundings. The mesh's lid lines alone are not enough: they often sit inside
-the eye, a few pixels on photos and far inside a cartoon's drawn lids, and would leave white showing.
+The skin is the portrait's own, from around the eye: the lid's skin above the eye (what is neither that skin
+nor the cheek's below, grown from the face mesh's eye outline, is the eye: sclera, iris, lashes, a drawn lid
+line) stretched down over it, cleaned of the lashes and hairs that would run down it as streaks as the lid
+closes, and toned towards the cheek's colour (a closed lid catches the light). The mesh's lid lines
+alone do not outline the eye: they often sit inside it, a few pixels on photos and far inside a cartoon's
+drawn lids, and would leave white showing.
 
 Everything is in the portrait's own pixels, one eye at a time, in the eye's frame: u runs from the first
 corner of the mesh's lid contours to the last (0..1 between them), v is the distance down the face, pixels.
@@ -17,8 +19,8 @@ The layer takes portrait positions (where the warp takes an output pixel's colou
 composes with any warp:
 
     lids = [EyeLid.of(image, landmarks, eye, unit) for eye in EYES]      # once per portrait
-    src, cover, tone, ink = lids[0].to(device).layer(pos, closure)        # pos: (..., 2) portrait pixels, torch
-    lid_rgb = lids[0].paint(image sampled at src, tone, ink)              # laid over the frame by `cover`
+    src, cover, tone, ink, clean = lids[0].to(device).layer(pos, closure) # pos: (..., 2) portrait pixels, torch
+    lid_rgb = lids[0].paint(image sampled at src, tone, ink, clean)       # laid over the frame by `cover`
 """
 
 from __future__ import annotations
@@ -46,13 +48,25 @@ GROW = (2.0, 0.015)  # the eye's mask grows by this many pixels plus face units:
 # are covered too (a lid that stops a pixel short leaves the eye's outline drawn round a closed eye)
 LASH_UNITS = (0.012, 0.03)  # face units: the drawn lash line's least and greatest thickness
 LASH_DARKEST = 0.25  # the lash colour: the median of this darkest fraction of the eye's top rim
-LID_TONE = 0.6  # the closed lid's colour moves this far towards the cheek's skin colour ...
+LID_TONE = 0.6  # the closed lid's colour moves this far towards the cheek's skin colour (halfway between the
+TONE_BAND = (1.2, 2.0)  # skin just under the eye and the upper cheek's, this many eye openings below the lower lid)
 TONE_REACH = 0.6  # ... fully from this fraction of the way down from where its stretched skin begins to its edge
 LASH_OPACITY = 0.9  # the drawn lash line over the lid's skin
 LASH_SKIN = 0.45  # ... its colour at most this bright relative to the lid's skin
 EDGE_PX = 0.8  # softness of the lid's edge, pixels
 SIDE_FADE = 0.2  # of the lid's span: above the eye, its restyled skin fades out over this much at either end
 MIN_OPENING = 0.02  # face units: an eye opened less than this has no eyeball to cover
+# The closed lid's skin: the stretched lid skin, cleaned. Stretched as it is, everything that runs up the lid
+# (lashes curling above the eye, mascara, a drawn lid line, hairs) becomes a streak down the closed lid, and the
+# lash roots a dark band along it. The cleaned skin is sampled from the upper part of the stretched band only,
+# away from the lashes, through a running median across the eye (a lash is a few columns wide), then smoothed
+# (a closed lid is smooth: its crease unfolds); it takes over from the stretched skin as the lid closes.
+CLEAN_BAND = 0.6  # of the stretched band, from its top: where the cleaned skin is sampled
+CLEAN_ROWS = 16  # rows of the cleaned skin, top of the closed lid to its edge
+CLEAN_MEDIAN = 5  # samples either side (of SAMPLES over U_RANGE): the running median across the eye
+CLEAN_SMOOTH = (2.0, 1.5)  # samples: Gaussian smoothing of the cleaned skin across and down the lid
+CLEAN_BLEND = 0.35  # of the closed lid, from its top: the cleaned skin fades in over this (no edge at the top)
+CLEAN_WEIGHT = 0.7  # ... up to this weight over the stretched skin (which keeps some of the skin's grain)
 # How much of the eye the lid covers for a commanded lid gap (a ratio of the portrait's), so that MediaPipe reads
 # the rendered eye as that open: measured on rendered eyes of seven portraits (photos, paintings, a cartoon), the
 # openness MediaPipe reads falls from 0.99 at a coverage of 0.15 (the lid has only reached the lashes) through
@@ -169,6 +183,22 @@ def _clean(curve: np.ndarray, empty: np.ndarray | None, r: int = 2) -> np.ndarra
     return smooth if empty is None else np.where(empty, curve, smooth)
 
 
+def _cleaned_skin(image: np.ndarray, frame: _Frame, u: np.ndarray, skin: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """(CLEAN_ROWS, SAMPLES, 3) float32: the closed lid's skin along u (columns), from its top (row 0) to its
+    edge, from the top CLEAN_BAND of the band between `skin` and `top`: without lashes and hairs (a running
+    median across the eye), smoothed."""
+    import cv2
+
+    t = np.linspace(0.0, CLEAN_BAND, CLEAN_ROWS)
+    v = skin[None, :] + t[:, None] * (top - skin)[None, :]
+    px = _sample(image, frame.xy(np.repeat(u[None], CLEAN_ROWS, 0), v))
+    r, n = CLEAN_MEDIAN, px.shape[1]
+    pad = np.pad(px, ((0, 0), (r, r), (0, 0)), mode="edge")
+    px = np.median(np.stack([pad[:, k : k + n] for k in range(2 * r + 1)]), 0).astype(np.float32)
+    return cv2.GaussianBlur(px, (0, 0), sigmaX=CLEAN_SMOOTH[0], sigmaY=CLEAN_SMOOTH[1],
+                            borderType=cv2.BORDER_REPLICATE)
+
+
 def _smooth_fit(u: np.ndarray, v: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """A quadratic in u through the columns `ok` of v, robust to a few strays (Tukey reweighting)."""
     if ok.sum() < 4:
@@ -198,6 +228,7 @@ class EyeLid:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 of `mask` in the portrait
     mask: np.ndarray  # (h, w) uint8 0/1: the eye's pixels
     reach: np.ndarray  # (4, 2) portrait pixels: corners of the region the lid can cover
+    clean: np.ndarray  # (CLEAN_ROWS, SAMPLES, 3) 0..255: the closed lid's cleaned skin (_cleaned_skin)
 
     @classmethod
     def of(cls, image: np.ndarray, landmarks: np.ndarray, eye: tuple, unit: float) -> EyeLid:
@@ -251,10 +282,13 @@ class EyeLid:
         cols = u[depth > 0] if (depth > 0).any() else np.array([0.0, 1.0])
         u0, u1, v0, v1 = cols.min(), cols.max(), float(skin.min()) - 2, float(bottom.max()) + 2
         reach = frame.xy(np.array([u0, u1, u1, u0]), np.array([v0, v0, v1, v1]))
+        clean = _cleaned_skin(image, frame, u, skin, top)
+        # the closed lid's tone: between the skin just under the eye (often in shadow) and the lit upper cheek
+        tone_rgb = 0.5 * (skins[1][0] + _skin_model(band(lower + TONE_BAND[0] * gmax, lower + TONE_BAND[1] * gmax))[0])
         f32 = np.float32
         return cls(frame.o.astype(f32), frame.ax.astype(f32), frame.nrm.astype(f32), frame.width,
                    top.astype(f32), bottom.astype(f32), skin.astype(f32), lash.astype(f32), lash_rgb.astype(f32),
-                   skins[1][0].astype(f32), gmax / max(unit, 1e-6), box, mask, reach.astype(f32))
+                   tone_rgb.astype(f32), gmax / max(unit, 1e-6), box, mask, reach.astype(f32), clean.astype(f32))
 
     def boxes(self, corners: np.ndarray, margin: float = 3.0) -> np.ndarray:
         """(B, 4) int x0, y0, x1, y1 where the lid can show in B frames whose eye corners (the first and last
@@ -287,7 +321,8 @@ class EyeLid:
             side = x * x * (3 - 2 * x)
         return _Lid(t(self.origin), t(self.axis), t(self.normal), self.width,
                     torch.stack([t(self.top), t(self.bottom), t(self.skin), t(self.lash), t(side)]), t(self.lash_rgb),
-                    t(self.tone_rgb), max(0.5 * float((self.bottom - self.top).max()), 1.0))
+                    t(self.tone_rgb), max(0.5 * float((self.bottom - self.top).max()), 1.0),
+                    t(self.clean).permute(2, 0, 1)[None].contiguous())
 
 
 @dataclass
@@ -302,17 +337,21 @@ class _Lid:
     lash_rgb: object  # (3,)
     tone_rgb: object  # (3,)
     depth: float  # pixels: half the eye's greatest depth (a lid that has come this far down is fully toned)
+    clean: object  # (1, 3, CLEAN_ROWS, SAMPLES): the closed lid's cleaned skin
 
-    def paint(self, skin, tone, ink):
-        """The lid's colour from the stretched skin (..., 3) and layer()'s tone and ink (...)."""
+    def paint(self, skin, tone, ink, clean):
+        """The lid's colour from the stretched skin (..., 3) and layer()'s tone and ink (...) and cleaned skin
+        (..., 4: colour and weight)."""
+        skin = skin + (clean[..., :3] - skin) * clean[..., 3:]
         skin = skin + (self.tone_rgb - skin) * tone[..., None]
         return skin + (self.lash_rgb - skin) * ink[..., None]
 
     def layer(self, pos, closure):
         """pos: (..., 2) portrait pixels, torch float32 -> where the lid's colour comes from (..., 2), the lid's
         coverage (...) 0..1, how far its colour is toned towards the cheek's (...) (a closed lid catches the
-        light, its crease flattens) and the lash line's opacity (...) 0..1, for a lid that covers `closure`
-        (0..1, a number or a tensor that broadcasts against pos[..., 0]) of the eye. paint() makes the colour."""
+        light, its crease flattens), the lash line's opacity (...) 0..1 and the cleaned skin with its weight
+        (..., 4), for a lid that covers `closure` (0..1, a number or a tensor that broadcasts against pos[..., 0])
+        of the eye. paint() makes the colour."""
         import torch
 
         d = pos - self.origin
@@ -339,4 +378,12 @@ class _Lid:
         ink = ((lash - above) / (0.5 * lash)).clamp(0.0, 1.0) * (travel / lash).clamp(0.0, LASH_OPACITY)
         tone = ((v - skin) / (TONE_REACH * (edge - skin)).clamp_min(1e-3)).clamp(0.0, 1.0)
         tone = LID_TONE * tone * (travel / self.depth).clamp(0.0, 1.0)
-        return src, cover, cover * tone, cover * ink
+        # the cleaned skin: down the closed lid from its top (t 0) to its edge (t 1), fading in from its top
+        t = ((v - skin) / (edge - skin).clamp_min(1e-3)).clamp(0.0, 1.0)
+        gx = (u - U_RANGE[0]) / (U_RANGE[1] - U_RANGE[0]) * 2.0 - 1.0
+        grid = torch.stack([gx.clamp(-1.0, 1.0).expand_as(t), t * 2.0 - 1.0], -1).reshape(1, -1, 1, 2)
+        rgb = torch.nn.functional.grid_sample(self.clean, grid, mode="bilinear", padding_mode="border",
+                                              align_corners=True)[0, :, :, 0].T.reshape(*t.shape, 3)
+        blend = (t / CLEAN_BLEND).clamp(0.0, 1.0)
+        weight = CLEAN_WEIGHT * blend * blend * (3.0 - 2.0 * blend) * (travel / self.depth).clamp(0.0, 1.0)
+        return src, cover, cover * tone, cover * ink, torch.cat([rgb, weight[..., None]], -1)

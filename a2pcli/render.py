@@ -551,11 +551,11 @@ class WarpRenderer:
         import cv2
 
         roi = self.roi
-        for items, lid, _, (src, cover, tone, ink) in self._lid_layers(
+        for items, lid, _, (src, cover, tone, ink, clean) in self._lid_layers(
                 work, lambda items: self.torch.from_numpy(np.stack([w.pos for w in items]))):
             skins = np.stack([cv2.remap(self.crop, s, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                               for s in src.numpy()])
-            skins = lid.paint(self.torch.from_numpy(skins.astype(np.float32)), tone, ink).numpy()
+            skins = lid.paint(self.torch.from_numpy(skins.astype(np.float32)), tone, ink, clean).numpy()
             cover = cover.numpy()[..., None]
             for w, skin, a in zip(items, skins, cover):
                 x0, y0 = roi.x0 + w.origin[0], roi.y0 + w.origin[1]
@@ -572,10 +572,10 @@ class WarpRenderer:
             return torch.stack([pos[w.frame, :, w.origin[1] : w.origin[1] + w.size[1],
                                     w.origin[0] : w.origin[0] + w.size[0]].permute(1, 2, 0) for w in items])
 
-        for items, lid, _, (src, cover, tone, ink) in self._lid_layers(work, boxes):
+        for items, lid, _, (src, cover, tone, ink, clean) in self._lid_layers(work, boxes):
             skins = torch.nn.functional.grid_sample(self.crop_t.expand(len(items), -1, -1, -1), src * scale - 1.0,
                                                     mode="bilinear", padding_mode="border", align_corners=True)
-            skins = lid.paint(skins.permute(0, 2, 3, 1), tone, ink).permute(0, 3, 1, 2)
+            skins = lid.paint(skins.permute(0, 2, 3, 1), tone, ink, clean).permute(0, 3, 1, 2)
             for w, skin, a in zip(items, skins, cover):
                 x0, y0 = w.origin
                 sub = out[w.frame, :3, y0 : y0 + w.size[1], x0 : x0 + w.size[0]]

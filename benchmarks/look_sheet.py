@@ -88,19 +88,26 @@ def mouth_row(frames: list[np.ndarray], lms: list, speech: Path) -> np.ndarray:
 def blink_row(frames: list[np.ndarray], peaks: np.ndarray, lms: list) -> np.ndarray:
     openness = bl.openness_series(landmarks=lms)
     depth = bl.blink_depths(openness, peaks)
-    lm = next(lm for lm in lms if lm is not None)
-    eyes = lm[[33, 133, 362, 263, 159, 386, 145, 374], :2]
-    (x0, y0), (x1, y1) = eyes.min(0), eyes.max(0)
-    pad_x, pad_y = 0.25 * (x1 - x0), 0.9 * (x1 - x0) / 2.5
     h, w = frames[0].shape[:2]
-    box = (int(max(0, x0 - pad_x)), int(max(0, y0 - pad_y)), int(min(w, x1 + pad_x)), int(min(h, y1 + pad_y)))
+
+    def eye_box(lm: np.ndarray) -> tuple[int, int, int, int]:  # both eyes of one frame, with a margin
+        eyes = lm[[33, 133, 362, 263, 159, 386, 145, 374], :2]
+        (x0, y0), (x1, y1) = eyes.min(0), eyes.max(0)
+        pad_x, pad_y = 0.25 * (x1 - x0), 0.9 * (x1 - x0) / 2.5
+        return int(max(0, x0 - pad_x)), int(max(0, y0 - pad_y)), int(min(w, x1 + pad_x)), int(min(h, y1 + pad_y))
+
+    first = next(lm for lm in lms if lm is not None)
     tiles = []
     for p, d in list(zip(peaks, depth))[:BLINKS_SHOWN]:
+        # one box per blink, where the eyes are two frames before its peak (the head moves between blinks)
+        at = lms[int(np.clip(p + BLINK_OFFSETS[0], 0, len(frames) - 1))]
+        box = eye_box(first if at is None else at)
         for k in BLINK_OFFSETS:
             i = int(np.clip(p + k, 0, len(frames) - 1))
             crop = _fit(frames[i][box[1]:box[3], box[0]:box[2]])
             tiles.append(_label(crop, f"{i / bl.FPS:.2f}s" + (f" depth {d:.2f}" if k == 0 else "")))
     if not tiles:
+        box = eye_box(first)
         tiles = [_label(_fit(frames[0][box[1]:box[3], box[0]:box[2]]), "no blink in the clip")]
     return np.concatenate(tiles, 1)
 

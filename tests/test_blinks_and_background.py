@@ -85,6 +85,42 @@ def test_a_closed_lid_covers_the_eye_and_its_skin_fades_out_towards_the_lids_end
     assert cover(end, above) < 0.2, f"the lid's skin ends in a hard side: cover {cover(end, above):.2f} near its end"
 
 
+def test_a_closed_lid_is_smooth_across_where_the_lashes_above_the_eye_would_streak_it():
+    """A portrait with dark, long lashes: stretched down over the eye as they are, the lashes above the open
+    eye would run down the closed lid as streaks; the closed lid's skin is cleaned of them (smooth across the
+    eye, column to column), and takes over only as the lid closes."""
+    import torch
+
+    from a2pcli.eyelids import EYES, U_RANGE, EyeLid
+    from a2pcli.pipeline.portrait import PortraitOptions, load_portrait
+
+    p = load_portrait(media("sadtalker_happy.png"), PortraitOptions(max_size=512))
+    image = torch.from_numpy(p.image.astype(np.float32))
+    for eye in EYES:
+        lid = EyeLid.of(p.image, p.face.landmarks, eye, float(p.face.scale))
+        t = lid.to("cpu")
+        u = np.linspace(*U_RANGE, len(lid.top))
+        cols = np.flatnonzero((lid.bottom - lid.top > 0.6 * (lid.bottom - lid.top).max()))
+        k = np.linspace(cols[0], cols[-1], 80)  # across the middle of the eye, finer than the samples
+        uu = np.interp(k, np.arange(len(u)), u)
+        vv = np.interp(k, np.arange(len(u)), 0.5 * (lid.top + lid.bottom))  # halfway down: inside the closed lid
+        pos = lid.origin + uu[:, None] * lid.width * lid.axis + vv[:, None] * lid.normal
+
+        def colour(closure: float, cleaned: bool) -> np.ndarray:
+            src, cover, tone, ink, clean = t.layer(torch.tensor(pos, dtype=torch.float32), closure)
+            x, y = src[:, 0].round().long().clamp(0, image.shape[1] - 1), src[:, 1].round().long().clamp(0, image.shape[0] - 1)
+            if not cleaned:
+                clean = clean * torch.tensor([1.0, 1.0, 1.0, 0.0])
+            return (t.paint(image[y, x], tone, ink, clean) @ torch.tensor([0.299, 0.587, 0.114])).numpy()
+
+        def roughness(luma: np.ndarray) -> float:  # column-to-column change, grey levels
+            return float(np.abs(np.diff(luma, 2)).mean())
+
+        stretched, cleaned = roughness(colour(1.0, False)), roughness(colour(1.0, True))
+        assert cleaned < 0.5 * stretched, f"the closed lid is streaked: {cleaned:.2f} against {stretched:.2f}"
+        assert np.allclose(colour(0.0, True), colour(0.0, False)), "the cleaned skin shows before the lid moves"
+
+
 def test_blink_times_follow_the_seed_the_speech_and_the_portrait():
     from a2pcli.talk import TalkOptions, blink_schedule
 
