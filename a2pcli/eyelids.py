@@ -48,8 +48,8 @@ GROW = (2.0, 0.015)  # the eye's mask grows by this many pixels plus face units:
 # are covered too (a lid that stops a pixel short leaves the eye's outline drawn round a closed eye)
 LASH_UNITS = (0.012, 0.03)  # face units: the drawn lash line's least and greatest thickness
 LASH_DARKEST = 0.25  # the lash colour: the median of this darkest fraction of the eye's top rim
-LID_TONE = 0.6  # the closed lid's colour moves this far towards the cheek's skin colour (halfway between the
-TONE_BAND = (1.2, 2.0)  # skin just under the eye and the upper cheek's, this many eye openings below the lower lid)
+LID_TONE = 0.6  # the closed lid's colour moves this far towards the cheek's skin colour: the mean of the skin
+TONE_BAND = (1.2, 2.0)  # just under the eye and the upper cheek's, this many eye openings below the lower lid
 TONE_REACH = 0.6  # ... fully from this fraction of the way down from where its stretched skin begins to its edge
 LASH_OPACITY = 0.9  # the drawn lash line over the lid's skin
 LASH_SKIN = 0.45  # ... its colour at most this bright relative to the lid's skin
